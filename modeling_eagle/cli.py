@@ -1,0 +1,121 @@
+"""The ``eagle`` command line.
+
+    eagle init --preset eagle-x5-tiny --output ./eagle-tiny      # random, Hub-ready folder
+    eagle generate --model ./eagle-tiny --image cat.png --prompt "What is in the picture?"
+
+A user error (a missing file, a bad preset, an existing output) prints one line saying what is wrong and what
+to do, and exits with status 2; ``--debug`` shows the full traceback instead.
+"""
+
+import argparse
+import sys
+
+
+class UserError(Exception):
+    """An error the user can fix; shown as one line, exit status 2."""
+
+
+def _cmd_init(args) -> None:
+    from .hub_folder import init_folder
+    from .presets import PRESETS
+
+    if args.preset not in PRESETS:
+        raise UserError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+    try:
+        path = init_folder(
+            args.preset, args.output, config_only=args.config_only, seed=args.seed, overwrite=args.force
+        )
+    except FileExistsError as error:
+        raise UserError(str(error)) from error
+    kind = "config-only folder" if args.config_only else "randomly initialised model"
+    print(f"wrote {kind} for {args.preset} to {path}")
+
+
+def _cmd_generate(args) -> None:
+    from pathlib import Path
+
+    import torch
+    from PIL import Image, UnidentifiedImageError
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    import modeling_eagle  # noqa: F401  (registers the Auto classes)
+    import processing  # noqa: F401
+
+    if not (Path(args.model) / "config.json").is_file():
+        raise UserError(
+            f"--model {args.model}: no config.json there; pass a folder written by `eagle init` or `save_pretrained`"
+        )
+    images = []
+    for path in args.image or []:
+        try:
+            images.append(Image.open(path).convert("RGB"))
+        except (FileNotFoundError, IsADirectoryError) as error:
+            raise UserError(f"--image {path}: file not found") from error
+        except (UnidentifiedImageError, OSError) as error:
+            raise UserError(f"--image {path}: not a readable image ({error})") from error
+    processor = AutoProcessor.from_pretrained(args.model)
+    model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=args.dtype).eval()
+    content = [{"type": "image"} for _ in images] + [{"type": "text", "text": args.prompt}]
+    prompt = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    inputs = processor(images=images or None, text=[prompt], return_tensors="pt").to(model.device)
+    sampling = {"do_sample": True, "temperature": args.temperature} if args.temperature > 0 else {"do_sample": False}
+    with torch.inference_mode():
+        output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, **sampling)
+    new_tokens = output[:, inputs["input_ids"].shape[1] :]
+    print(processor.post_process_image_text_to_text(new_tokens, skip_special_tokens=True)[0])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="eagle",
+        description="Hub-native Eagle: a mixture-of-vision-experts multimodal LLM. Build, run and ship Eagle models.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    init = commands.add_parser(
+        "init",
+        help="write a randomly initialised, Hub-ready model folder for a preset",
+        description="Write a randomly initialised, Hub-ready folder (weights, config with auto_map, processor, "
+        "locally built tokenizer, chat template, remote code) for a named preset.",
+    )
+    init.add_argument("--preset", required=True, help="eagle-x5, eagle-x4, eagle-x5-tiny or eagle-x4-tiny")
+    init.add_argument("--output", required=True, help="folder to create")
+    init.add_argument("--config-only", action="store_true", help="write everything but the weights")
+    init.add_argument("--seed", type=int, default=0, help="seed for the random initialisation (default 0)")
+    init.add_argument("--force", action="store_true", help="replace an existing output folder")
+    init.set_defaults(func=_cmd_init)
+
+    generate = commands.add_parser(
+        "generate",
+        help="answer a prompt about an image with a local model folder",
+        description="Load a model folder and answer a prompt about zero or more images (greedy by default).",
+    )
+    generate.add_argument("--model", required=True, help="model folder (from `eagle init`, conversion or training)")
+    generate.add_argument("--image", action="append", help="image file; repeat for several images")
+    generate.add_argument("--prompt", required=True, help="the question or instruction")
+    generate.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (default 64)")
+    generate.add_argument("--temperature", type=float, default=0.0, help="sample at this temperature (0 = greedy)")
+    generate.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto (the checkpoint's)")
+    generate.set_defaults(func=_cmd_generate)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        args.func(args)
+    except UserError as error:
+        if args.debug:
+            raise
+        print(f"eagle {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

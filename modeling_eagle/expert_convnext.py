@@ -1,0 +1,57 @@
+"""ConvNeXt expert, built from transformers' ConvNeXt modules; the map is the last stage's output.
+
+transformers' ``ConvNextLayerNorm`` hard-codes eps 1e-6, while the CLIP-ConvNeXt-XXL that Eagle uses was
+trained with 1e-5, so every LayerNorm takes ``layer_norm_eps`` from the config after construction. No
+final norm and no classifier head, as in the released model.
+"""
+
+import torch
+from torch import nn
+from transformers import ConvNextConfig
+from transformers import initialization as init
+from transformers.models.convnext.modeling_convnext import ConvNextEmbeddings, ConvNextEncoder, ConvNextLayer
+
+from .vision_expert import VisionExpert
+
+
+class ConvNextExpert(VisionExpert):
+    expert_type = "convnext"
+    no_split_modules = ("ConvNextLayer",)
+    gradient_checkpointing = False
+
+    def __init__(self, spec: dict, attn_implementation: str = "sdpa"):
+        super().__init__(spec, attn_implementation)
+        kwargs = {"layer_norm_eps": 1e-5, **spec["config"]}
+        self.config = ConvNextConfig(**kwargs)
+        self.embeddings = ConvNextEmbeddings(self.config)
+        self.encoder = ConvNextEncoder(self.config)
+        for module in self.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.eps = self.config.layer_norm_eps
+
+    @property
+    def out_channels(self) -> int:
+        return self.config.hidden_sizes[-1]
+
+    def feature_map_size(self) -> tuple[int, int]:
+        stride = self.config.patch_size * 2 ** (self.config.num_stages - 1)
+        side = self.image_size // stride
+        return side, side
+
+    def init_extra_weights(self, std: float) -> None:
+        for module in self.modules():
+            if isinstance(module, ConvNextLayer) and module.layer_scale_parameter is not None:
+                init.constant_(module.layer_scale_parameter, self.config.layer_scale_init_value)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        hidden = self.embeddings(pixel_values.to(self.embeddings.patch_embeddings.weight.dtype))
+        for stage in self.encoder.stages:
+            for layer in stage.downsampling_layer:
+                hidden = layer(hidden)
+            for layer in stage.layers:
+                # transformers' ConvNextLayer is a plain module, so checkpointing is applied here per block.
+                if self.gradient_checkpointing and self.training:
+                    hidden = self._gradient_checkpointing_func(layer.__call__, hidden)
+                else:
+                    hidden = layer(hidden)
+        return hidden

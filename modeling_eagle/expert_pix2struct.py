@@ -1,0 +1,53 @@
+"""Pix2Struct encoder expert, built from transformers' Pix2Struct vision modules.
+
+The input is the processor's flattened patches ``(B, max_patches, 2 + 3*p*p)`` (row id, column id, pixels);
+producing them in the processor keeps the CPU out of the forward pass. The output is taken after the final
+RMS norm; the first ``side * side`` rows are the real patches of the square image, laid out row-major.
+"""
+
+import math
+
+import torch
+from transformers import Pix2StructVisionConfig
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.models.pix2struct.modeling_pix2struct import (
+    Pix2StructLayerNorm,
+    Pix2StructVisionEmbeddings,
+    Pix2StructVisionEncoder,
+)
+
+from .vision_expert import VisionExpert
+
+
+class Pix2StructExpert(VisionExpert):
+    expert_type = "pix2struct"
+    no_split_modules = ("Pix2StructVisionLayer",)
+
+    def __init__(self, spec: dict, attn_implementation: str = "sdpa"):
+        super().__init__(spec, attn_implementation)
+        self.config = Pix2StructVisionConfig(**spec["config"])
+        # T5-style attention has no flash path in transformers; SDPA is the fast one.
+        self.config._attn_implementation = "eager" if attn_implementation == "eager" else "sdpa"
+        self.max_patches = int(spec["max_patches"])
+        # The processor hands square images, so the patch grid is isqrt(max_patches) on each side.
+        self.side = math.isqrt(self.max_patches)
+        self.embeddings = Pix2StructVisionEmbeddings(self.config)
+        self.encoder = Pix2StructVisionEncoder(self.config)
+        self.layernorm = Pix2StructLayerNorm(self.config.hidden_size, eps=self.config.layer_norm_eps)
+
+    @property
+    def out_channels(self) -> int:
+        return self.config.hidden_size
+
+    def feature_map_size(self) -> tuple[int, int]:
+        return self.side, self.side
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        patches = pixel_values.to(self.embeddings.patch_projection.weight.dtype)
+        # Real patches carry a 1-based row id; padding rows are all zero.
+        attention_mask = (pixel_values[:, :, 0] > 0).to(patches.dtype)
+        hidden = self.embeddings(patches)
+        mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask)
+        hidden = self.encoder(hidden, attention_mask=mask).last_hidden_state
+        hidden = self.layernorm(hidden)[:, : self.side * self.side]
+        return hidden.transpose(1, 2).reshape(hidden.shape[0], -1, self.side, self.side)

@@ -1,0 +1,76 @@
+"""SAM ViT image-encoder expert with Eagle's short neck.
+
+Layers come from transformers' SAM vision encoder (windowed and global attention with decomposed relative
+positions). The neck keeps only the 1x1 conv and the first channels-first LayerNorm, computed in float32 as
+the original does; the tower then applies ``pixel_unshuffle`` per the expert's config. The absolute position
+table keeps its pretrained 64x64 size and is resized bicubically when the resolution differs.
+"""
+
+import torch
+from torch import nn
+from transformers import SamVisionConfig
+from transformers import initialization as init
+from transformers.models.sam.modeling_sam import SamPatchEmbeddings, SamVisionAttention, SamVisionLayer
+
+from .vision_expert import VisionExpert, resize_position_grid
+
+
+class SamShortNeck(nn.Module):
+    def __init__(self, hidden_size: int, output_channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.conv1 = nn.Conv2d(hidden_size, output_channels, kernel_size=1, bias=False)
+        self.layer_norm1 = nn.LayerNorm(output_channels, eps=eps)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.conv1(hidden_states.permute(0, 3, 1, 2))
+        normed = nn.functional.layer_norm(
+            hidden_states.permute(0, 2, 3, 1).float(),
+            self.layer_norm1.normalized_shape,
+            self.layer_norm1.weight.float(),
+            self.layer_norm1.bias.float(),
+            self.layer_norm1.eps,
+        )
+        return normed.to(hidden_states.dtype).permute(0, 3, 1, 2)
+
+
+class SamExpert(VisionExpert):
+    expert_type = "sam"
+    no_split_modules = ("SamVisionLayer",)
+
+    def __init__(self, spec: dict, attn_implementation: str = "sdpa"):
+        super().__init__(spec, attn_implementation)
+        self.config = SamVisionConfig(**spec["config"])
+        # Relative-position biases rule out flash kernels; SDPA with a bias is the fast path.
+        self.config._attn_implementation = "eager" if attn_implementation == "eager" else "sdpa"
+        config = self.config
+        self.patch_embed = SamPatchEmbeddings(config)
+        side = config.image_size // config.patch_size
+        self.pos_embed = nn.Parameter(torch.zeros(1, side, side, config.hidden_size))
+        self.layers = nn.ModuleList(
+            SamVisionLayer(config, window_size=0 if i in config.global_attn_indexes else config.window_size)
+            for i in range(config.num_hidden_layers)
+        )
+        self.neck = SamShortNeck(config.hidden_size, config.output_channels)
+
+    @property
+    def out_channels(self) -> int:
+        return self.config.output_channels
+
+    def feature_map_size(self) -> tuple[int, int]:
+        side = self.image_size // self.config.patch_size
+        return side, side
+
+    def init_extra_weights(self, std: float) -> None:
+        init.zeros_(self.pos_embed)
+        for module in self.modules():
+            if isinstance(module, SamVisionAttention) and module.use_rel_pos:
+                init.zeros_(module.rel_pos_h)
+                init.zeros_(module.rel_pos_w)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        projection = self.patch_embed.projection
+        hidden = projection(pixel_values.to(projection.weight.dtype)).permute(0, 2, 3, 1)
+        hidden = hidden + resize_position_grid(self.pos_embed, tuple(hidden.shape[1:3]))
+        for layer in self.layers:
+            hidden = layer(hidden)
+        return self.neck(hidden)

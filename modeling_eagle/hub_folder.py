@@ -1,0 +1,114 @@
+"""Writing Hub-ready Eagle folders: weights, config with ``auto_map``, processor, tokenizer, chat template and the
+remote-code files, so that ``AutoModel*.from_pretrained(folder, trust_remote_code=True)`` works anywhere.
+
+Every write goes to a temporary sibling folder that is moved into place only when complete, so an interrupted
+save never leaves a half-written model where a good one was.
+"""
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import GenerationConfig
+from transformers.dynamic_module_utils import custom_object_save
+from transformers.utils import logging
+
+from . import AUTO_MAP
+from .configuration_eagle import EagleConfig
+from .modeling_eagle import EagleForConditionalGeneration
+
+logger = logging.get_logger(__name__)
+
+
+def build_processor(config: EagleConfig, tokenizer, chat_template: str = "vicuna_v1", mode: str = "per_expert"):
+    """An ``EagleProcessor`` matching ``config``: one image-processor entry per expert, the grid's token count."""
+    from processing import EagleImageProcessor, EagleProcessor
+    from processing.chat_templates import CHAT_TEMPLATES
+
+    template = CHAT_TEMPLATES.get(chat_template, chat_template)
+    image_processor = EagleImageProcessor.from_vision_experts(config.vision_config.experts, mode=mode)
+    tokenizer.padding_side = "left"  # batched generation; TRL's collator asks for right padding itself
+    return EagleProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        chat_template=template,
+        num_image_tokens=config.image_seq_length,
+    )
+
+
+def generation_config_for(tokenizer) -> GenerationConfig:
+    """Greedy by default, as the authors evaluated; their demo sampled with temperature 0.2, top_p 0.5."""
+    return GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+        max_new_tokens=256,
+    )
+
+
+def save_folder(output_dir, processor, *, model=None, config: EagleConfig | None = None, overwrite: bool = False):
+    """Write a Hub-ready folder atomically. Without ``model``, everything but the weights is written."""
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not overwrite:
+        raise FileExistsError(f"{output_dir} already exists; choose another output or pass overwrite/--force")
+    config = model.config if model is not None else config
+    config.auto_map = dict(AUTO_MAP)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    try:
+        if model is not None:
+            model.generation_config = generation_config_for(processor.tokenizer)
+            model.save_pretrained(staging)
+        else:
+            with torch.device("meta"):
+                code_owner = EagleForConditionalGeneration(config)
+            custom_object_save(code_owner, staging)
+            config.save_pretrained(staging)
+            generation_config_for(processor.tokenizer).save_pretrained(staging)
+        processor.save_pretrained(staging)
+        # v5 nests the image processor in processor_config.json; a separate file keeps v4-era readers working.
+        processor.image_processor.save_pretrained(staging)
+        _replace(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output_dir
+
+
+def _replace(staging: Path, output_dir: Path) -> None:
+    if output_dir.exists():
+        backup = output_dir.with_name(f".{output_dir.name}.old-{os.getpid()}")
+        os.replace(output_dir, backup)
+        os.replace(staging, output_dir)
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        os.replace(staging, output_dir)
+
+
+def init_folder(preset: str, output_dir, *, config_only: bool = False, seed: int = 0, overwrite: bool = False):
+    """A randomly initialised, Hub-ready folder for a preset, with a tokenizer built on this machine."""
+    from processing.local_tokenizer import build_tokenizer
+
+    from .presets import eagle_config
+
+    tokenizer = build_tokenizer()
+    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    config = eagle_config(preset, image_token_id=image_token_id, vocab_size=_vocab_for(preset, len(tokenizer)))
+    processor = build_processor(config, tokenizer)
+    model = None
+    if not config_only:
+        torch.manual_seed(seed)
+        model = EagleForConditionalGeneration(config)
+        logger.info("initialised %s: %.1fM parameters", preset, model.num_parameters() / 1e6)
+    return save_folder(output_dir, processor, model=model, config=config, overwrite=overwrite)
+
+
+def _vocab_for(preset: str, tokenizer_size: int) -> int | None:
+    from .presets import PRESETS
+
+    preset_vocab = PRESETS[preset]["text"].get("vocab_size")
+    # Full-size presets keep the LLM's real vocabulary (rows past the local tokenizer stay unused).
+    return max(preset_vocab, tokenizer_size) if preset_vocab else tokenizer_size

@@ -1,0 +1,371 @@
+"""Eagle: a mixture of vision experts, fused on one grid, projected into a causal LM.
+
+Layout mirrors transformers' LLaVA: ``EagleModel`` (vision tower + projector + language model, returns hidden
+states) and ``EagleForConditionalGeneration`` (adds ``lm_head`` and generation). Per-expert pixels travel as a
+single ``pixel_values`` kwarg holding a list with one tensor per expert, so ``generate``, pipelines and
+trainers move, cast and drop them like any other image input.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPooling,
+    MultimodalBaseModelOutputWithPast,
+    MultimodalCausalLMOutputWithPast,
+)
+from transformers.modeling_utils import slice_logits_to_keep
+from transformers.utils import ModelOutput, logging
+
+from .configuration_eagle import EagleConfig, EagleVisionConfig
+from .expert_clip import ClipExpert
+from .expert_convnext import ConvNextExpert
+from .expert_eva02 import Eva02Expert
+from .expert_pix2struct import Pix2StructExpert
+from .expert_sam import SamExpert
+from .vision_expert import VisionExpert
+
+logger = logging.get_logger(__name__)
+
+EXPERT_CLASSES: dict[str, type[VisionExpert]] = {
+    cls.expert_type: cls for cls in (ClipExpert, ConvNextExpert, SamExpert, Eva02Expert, Pix2StructExpert)
+}
+
+
+def merge_expert_inputs(pixel_values):
+    """Accept a list of per-sample expert lists (what a batching pipeline's collator yields) as well as the
+    usual per-expert list, and return the per-expert list with samples concatenated in order."""
+    if isinstance(pixel_values, (list, tuple)) and pixel_values and isinstance(pixel_values[0], (list, tuple)):
+        return [torch.cat(per_expert) for per_expert in zip(*pixel_values)]
+    return pixel_values
+
+
+@dataclass
+class EagleVisionTowerOutput(ModelOutput):
+    """``last_hidden_state``: (B, grid**2, sum of expert channels), experts concatenated in config order.
+    ``expert_features``: per-expert (B, grid**2, C_e) maps on the grid, by expert name, when asked for."""
+
+    last_hidden_state: torch.FloatTensor | None = None
+    expert_features: dict[str, torch.FloatTensor] | None = None
+
+
+class EaglePreTrainedModel(PreTrainedModel):
+    config: EagleConfig
+    config_class = EagleConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _no_split_modules = sorted({name for cls in EXPERT_CLASSES.values() for name in cls.no_split_modules})
+    _skip_keys_device_placement = ["cache", "past_key_values"]
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, VisionExpert):
+            module.init_extra_weights(self.config.get_text_config().initializer_range)
+
+
+class EagleVisionTower(EaglePreTrainedModel):
+    """Runs every configured expert on its own input and fuses the maps on the shared grid.
+
+    Each map goes through its expert's ``pixel_unshuffle`` step, then bilinear resampling (align_corners, in
+    float32) to ``grid_size x grid_size`` when its size differs; channels are concatenated in config order.
+    """
+
+    config: EagleVisionConfig
+    config_class = EagleVisionConfig
+    base_model_prefix = "vision_tower"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+
+    def __init__(self, config: EagleVisionConfig):
+        super().__init__(config)
+        attn = config._attn_implementation or "sdpa"
+        self.experts = nn.ModuleDict(
+            {spec["name"]: EXPERT_CLASSES[spec["type"]](spec, attn_implementation=attn) for spec in config.experts}
+        )
+        self.grid_size = config.grid_size
+        self.post_init()
+
+    def _init_weights(self, module):
+        PreTrainedModel._init_weights(self, module)
+        if isinstance(module, VisionExpert):
+            module.init_extra_weights(self.config.initializer_range)
+
+    def expert_channels(self) -> dict[str, int]:
+        """Channels each expert contributes on the grid (after its pixel_unshuffle)."""
+        return {
+            name: expert.out_channels * expert.spec["pixel_unshuffle"] ** 2 for name, expert in self.experts.items()
+        }
+
+    @property
+    def hidden_size(self) -> int:
+        return sum(self.expert_channels().values())
+
+    def to_grid(self, feature_map: torch.Tensor, pixel_unshuffle: int) -> torch.Tensor:
+        """(B, C, h, w) -> (B, grid**2, C * pixel_unshuffle**2)."""
+        if pixel_unshuffle > 1:
+            feature_map = nn.functional.pixel_unshuffle(feature_map, pixel_unshuffle)
+        if tuple(feature_map.shape[-2:]) != (self.grid_size, self.grid_size):
+            feature_map = nn.functional.interpolate(
+                feature_map.float(), size=(self.grid_size, self.grid_size), mode="bilinear", align_corners=True
+            ).to(feature_map.dtype)
+        return feature_map.flatten(2).transpose(1, 2)
+
+    def check_pixel_values(self, pixel_values) -> None:
+        names = list(self.experts)
+        if not isinstance(pixel_values, (list, tuple)) or len(pixel_values) != len(names):
+            got = f"a list of {len(pixel_values)}" if isinstance(pixel_values, (list, tuple)) else "a tensor"
+            raise ValueError(
+                f"pixel_values must be a list with one tensor per vision expert ({', '.join(names)}), got {got}; "
+                "make the inputs with this model's EagleProcessor / EagleImageProcessor"
+            )
+        batch = {tuple(p.shape[:1]) for p in pixel_values}
+        if len(batch) != 1:
+            sizes = {name: p.shape[0] for name, p in zip(names, pixel_values)}
+            raise ValueError(f"pixel_values hold different image counts per expert: {sizes}")
+
+    def forward(
+        self, pixel_values: list[torch.Tensor], return_expert_features: bool = False, **kwargs
+    ) -> EagleVisionTowerOutput:
+        pixel_values = merge_expert_inputs(pixel_values)
+        self.check_pixel_values(pixel_values)
+        on_grid = {}
+        for (name, expert), pixels in zip(self.experts.items(), pixel_values):
+            on_grid[name] = self.to_grid(expert(pixels), expert.spec["pixel_unshuffle"])
+        fused = torch.cat(list(on_grid.values()), dim=-1)
+        return EagleVisionTowerOutput(
+            last_hidden_state=fused, expert_features=on_grid if return_expert_features else None
+        )
+
+
+class EagleMultiModalProjector(nn.Module):
+    """``mlp2x_gelu``: Linear -> GELU (exact) -> Linear, as the released checkpoints; ``linear``: one Linear."""
+
+    def __init__(self, in_features: int, out_features: int, projector_type: str = "mlp2x_gelu"):
+        super().__init__()
+        self.projector_type = projector_type
+        self.linear_1 = nn.Linear(in_features, out_features)
+        if projector_type == "mlp2x_gelu":
+            self.act = ACT2FN["gelu"]
+            self.linear_2 = nn.Linear(out_features, out_features)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        hidden = self.linear_1(features)
+        if self.projector_type == "mlp2x_gelu":
+            hidden = self.linear_2(self.act(hidden))
+        return hidden
+
+
+class EagleModel(EaglePreTrainedModel):
+    def __init__(self, config: EagleConfig):
+        super().__init__(config)
+        self.vision_tower = EagleVisionTower(config.vision_config)
+        self.multi_modal_projector = EagleMultiModalProjector(
+            self.vision_tower.hidden_size, config.text_config.hidden_size, config.projector_type
+        )
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    def get_image_features(
+        self, pixel_values: list[torch.Tensor], return_expert_features: bool = False, **kwargs
+    ) -> BaseModelOutputWithPooling:
+        """Tower + projector. ``pooler_output`` is a list with one (grid**2, hidden) tensor per image."""
+        tower = self.vision_tower(pixel_values, return_expert_features=return_expert_features)
+        projected = self.multi_modal_projector(
+            tower.last_hidden_state.to(self.multi_modal_projector.linear_1.weight.dtype)
+        )
+        output = BaseModelOutputWithPooling(last_hidden_state=tower.last_hidden_state, pooler_output=list(projected))
+        if return_expert_features:
+            output["expert_features"] = tower.expert_features
+        return output
+
+    def get_placeholder_mask(
+        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, image_features: torch.Tensor
+    ) -> torch.Tensor:
+        if input_ids is None:
+            image_embedding = self.get_input_embeddings()(
+                torch.tensor(self.config.image_token_id, dtype=torch.long, device=inputs_embeds.device)
+            )
+            mask = (inputs_embeds == image_embedding).all(-1)
+        else:
+            mask = input_ids == self.config.image_token_id
+        n_image_tokens = mask.sum()
+        n_image_features = image_features.shape[0] * image_features.shape[1]
+        # The message is the one TRL recognises to suggest raising max_length (HF-STACK 1.4).
+        if n_image_tokens * inputs_embeds.shape[-1] != image_features.numel():
+            raise ValueError(
+                f"Image features and image tokens do not match, tokens: {int(n_image_tokens)}, "
+                f"features: {n_image_features} ({self.config.image_seq_length} tokens per image); "
+                "each image needs exactly one expanded image placeholder in the prompt: build inputs with the "
+                "EagleProcessor, and do not truncate prompts through image tokens"
+            )
+        return mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: list[torch.Tensor] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> MultimodalBaseModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds")
+        cache = kwargs.pop("past_key_values", cache)
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+
+        image_outputs = None
+        if pixel_values is not None:
+            image_outputs = self.get_image_features(pixel_values)
+            image_features = torch.stack(image_outputs.pooler_output).to(inputs_embeds.device, inputs_embeds.dtype)
+            mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
+            inputs_embeds = inputs_embeds.masked_scatter(mask, image_features)
+        elif input_ids is not None and (cache is None or cache.get_seq_length() == 0):
+            if (input_ids == self.config.image_token_id).any():
+                raise ValueError(
+                    "The prompt has image tokens but no pixel_values were given; pass the images to the processor "
+                    "together with the text"
+                )
+
+        outputs = self.language_model(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        return MultimodalBaseModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_outputs=image_outputs,
+        )
+
+
+class EagleForConditionalGeneration(EaglePreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
+
+    def __init__(self, config: EagleConfig):
+        super().__init__(config)
+        self.model = EagleModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    @property
+    def vision_tower(self) -> EagleVisionTower:
+        return self.model.vision_tower
+
+    @property
+    def multi_modal_projector(self) -> EagleMultiModalProjector:
+        return self.model.multi_modal_projector
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self.model.language_model
+
+    def get_image_features(self, pixel_values: list[torch.Tensor], **kwargs) -> BaseModelOutputWithPooling:
+        return self.model.get_image_features(pixel_values, **kwargs)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: list[torch.Tensor] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> MultimodalCausalLMOutputWithPast:
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        logits = self.lm_head(hidden_states)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
+        return MultimodalCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_outputs=outputs.image_outputs,
+        )
+
+    def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
+        # The generic version repeats only top-level tensors; the per-expert list needs the same treatment.
+        pixel_values = merge_expert_inputs(model_kwargs.pop("pixel_values", None))
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size=expand_size, is_encoder_decoder=is_encoder_decoder, input_ids=input_ids, **model_kwargs
+        )
+        if pixel_values is not None and expand_size > 1:
+            pixel_values = self._repeat_images_per_sequence(pixel_values, input_ids, expand_size)
+        if pixel_values is not None:
+            model_kwargs["pixel_values"] = pixel_values
+        return input_ids, model_kwargs
+
+    def _repeat_images_per_sequence(self, pixel_values, input_ids, expand_size):
+        """Repeat each prompt's images ``expand_size`` times, keeping prompts' images contiguous."""
+        per_image = self.config.image_seq_length
+        counts = ((input_ids == self.config.image_token_id).sum(-1) // per_image)[::expand_size].tolist()
+        out = []
+        for pixels in pixel_values:
+            chunks = torch.split(pixels, counts)
+            out.append(torch.cat([chunk.repeat(expand_size, *([1] * (chunk.dim() - 1))) for chunk in chunks]))
+        return out
+
+
+__all__ = [
+    "EagleForConditionalGeneration",
+    "EagleModel",
+    "EaglePreTrainedModel",
+    "EagleVisionTower",
+    "EagleVisionTowerOutput",
+]

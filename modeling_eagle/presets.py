@@ -1,0 +1,228 @@
+"""Named Eagle configurations.
+
+``eagle-x5`` / ``eagle-x4`` are the released architectures (EAGLE-X5.md §2) at the design card's default of
+448 pixels per expert, with a Vicuna-7B-sized LLM. The ``-tiny`` presets keep every structural feature
+(position-table interpolation, windowed and global attention, pixel_unshuffle, bilinear steps) at widths
+that run in milliseconds on a CPU; the tests use them.
+"""
+
+import copy
+
+from .configuration_eagle import EagleConfig
+
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+FULL_EXPERTS = {
+    "clip": {
+        "type": "clip",
+        "image_mean": CLIP_MEAN,
+        "image_std": CLIP_STD,
+        "config": {
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 16,
+            "patch_size": 14,
+            "image_size": 336,
+            "hidden_act": "quick_gelu",
+        },
+    },
+    "convnext": {
+        "type": "convnext",
+        "image_mean": CLIP_MEAN,
+        "image_std": CLIP_STD,
+        "config": {"hidden_sizes": [384, 768, 1536, 3072], "depths": [3, 4, 30, 3], "layer_norm_eps": 1e-5},
+    },
+    "sam": {
+        "type": "sam",
+        "pixel_unshuffle": 2,
+        "image_mean": IMAGENET_MEAN,
+        "image_std": IMAGENET_STD,
+        "config": {
+            "hidden_size": 1024,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 16,
+            "global_attn_indexes": [5, 11, 17, 23],
+            "mlp_dim": 4096,
+            "output_channels": 256,
+            "window_size": 14,
+            "image_size": 1024,
+            "patch_size": 16,
+        },
+    },
+    "eva02": {
+        "type": "eva02",
+        "image_mean": CLIP_MEAN,
+        "image_std": CLIP_STD,
+        "config": {
+            "hidden_size": 1024,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 16,
+            "patch_size": 16,
+            "pretrain_image_size": 224,
+            "window_size": 16,
+        },
+    },
+    "pix2struct": {
+        "type": "pix2struct",
+        "config": {
+            "hidden_size": 1536,
+            "num_hidden_layers": 18,
+            "num_attention_heads": 24,
+            "d_kv": 64,
+            "d_ff": 3968,
+            "patch_embed_hidden_size": 768,
+            "seq_len": 4096,
+            "layer_norm_eps": 1e-6,
+            "dense_act_fn": "gelu_new",
+        },
+    },
+}
+
+TINY_EXPERTS = {
+    "clip": {
+        "type": "clip",
+        "image_size": 56,
+        "image_mean": CLIP_MEAN,
+        "image_std": CLIP_STD,
+        # Pretrained at 42 px (3x3 patches): the 56 px input exercises position interpolation.
+        "config": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "patch_size": 14,
+            "image_size": 42,
+        },
+    },
+    "convnext": {
+        "type": "convnext",
+        "image_size": 64,
+        "image_mean": CLIP_MEAN,
+        "image_std": CLIP_STD,
+        "config": {"hidden_sizes": [8, 16, 24, 32], "depths": [1, 1, 1, 1], "layer_norm_eps": 1e-5},
+    },
+    "sam": {
+        "type": "sam",
+        "image_size": 64,
+        "pixel_unshuffle": 2,
+        "image_mean": IMAGENET_MEAN,
+        "image_std": IMAGENET_STD,
+        "config": {
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "global_attn_indexes": [1],
+            "mlp_dim": 64,
+            "output_channels": 8,
+            "window_size": 2,
+            "image_size": 64,
+            "patch_size": 16,
+        },
+    },
+    "eva02": {
+        "type": "eva02",
+        "image_size": 64,
+        "image_mean": CLIP_MEAN,
+        "image_std": CLIP_STD,
+        "config": {
+            "hidden_size": 32,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 2,
+            "patch_size": 16,
+            "pretrain_image_size": 32,
+            "window_size": 2,
+        },
+    },
+    "pix2struct": {
+        "type": "pix2struct",
+        "image_size": 64,
+        "max_patches": 16,
+        "config": {
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "d_kv": 16,
+            "d_ff": 64,
+            "patch_embed_hidden_size": 768,
+            "seq_len": 64,
+            "layer_norm_eps": 1e-6,
+            "dense_act_fn": "gelu_new",
+        },
+    },
+}
+
+VICUNA_7B = {
+    "model_type": "llama",
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-5,
+    "vocab_size": 32000,
+}
+
+TINY_LLAMA = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 2048,
+    "rms_norm_eps": 1e-5,
+}
+
+X5 = ("clip", "convnext", "sam", "eva02", "pix2struct")
+X4 = ("clip", "convnext", "eva02", "pix2struct")
+
+PRESETS = {
+    "eagle-x5": {"experts": X5, "table": FULL_EXPERTS, "text": VICUNA_7B, "grid_size": 32, "image_size": 448},
+    "eagle-x4": {"experts": X4, "table": FULL_EXPERTS, "text": VICUNA_7B, "grid_size": 32, "image_size": 448},
+    "eagle-x5-tiny": {"experts": X5, "table": TINY_EXPERTS, "text": TINY_LLAMA, "grid_size": 4},
+    "eagle-x4-tiny": {"experts": X4, "table": TINY_EXPERTS, "text": TINY_LLAMA, "grid_size": 4},
+}
+
+
+def expert_specs(preset: str, experts=None, image_size: int | None = None) -> list[dict]:
+    """The expert entries of a preset, optionally a subset/reordering by name and at another resolution."""
+    recipe = _recipe(preset)
+    names = tuple(experts) if experts is not None else recipe["experts"]
+    unknown = [name for name in names if name not in recipe["table"]]
+    if unknown:
+        raise ValueError(f"unknown expert(s) {unknown}; choose from {', '.join(recipe['table'])}")
+    size = image_size or recipe.get("image_size")
+    specs = []
+    for name in names:
+        spec = copy.deepcopy(recipe["table"][name])
+        spec["name"] = name
+        if size is not None:
+            spec["image_size"] = size
+            spec.pop("max_patches", None)
+        specs.append(spec)
+    return specs
+
+
+def eagle_config(
+    preset: str, *, vocab_size: int | None = None, image_token_id: int | None = None, experts=None, **overrides
+) -> EagleConfig:
+    """Build an ``EagleConfig`` from a preset name. ``experts`` picks a subset/order of the preset's experts."""
+    recipe = _recipe(preset)
+    text = dict(recipe["text"])
+    if vocab_size is not None:
+        text["vocab_size"] = vocab_size
+    text.setdefault("vocab_size", 1024)
+    vision = {"experts": expert_specs(preset, experts), "grid_size": overrides.pop("grid_size", recipe["grid_size"])}
+    token = image_token_id if image_token_id is not None else text["vocab_size"] - 1
+    return EagleConfig(vision_config=vision, text_config=text, image_token_id=token, **overrides)
+
+
+def _recipe(preset: str) -> dict:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[preset]

@@ -1,0 +1,60 @@
+"""The one interface every Eagle vision expert implements.
+
+An expert takes its own pixel input (a ``(B, 3, H, W)`` image at its configured resolution, or for
+Pix2Struct the ``(B, max_patches, 2 + 3 * p * p)`` flattened patches made by the processor) and returns a
+``(B, C, h, w)`` feature map. Bringing that map to the shared grid is the tower's job, not the expert's.
+"""
+
+import math
+
+import torch
+from torch import nn
+
+
+class VisionExpert(nn.Module):
+    """Base class: subclasses set ``expert_type`` and implement ``forward`` and ``feature_map_size``.
+
+    ``spec`` is one entry of ``EagleVisionConfig.experts``: ``{"name", "type", "image_size",
+    "pixel_unshuffle", "image_mean", "image_std", "config": {...architecture kwargs...}}``.
+    """
+
+    expert_type: str = ""
+    # Module class names that must never be split across devices (``device_map``) or that take
+    # gradient checkpointing; collected by the tower.
+    no_split_modules: tuple[str, ...] = ()
+
+    def __init__(self, spec: dict, attn_implementation: str = "sdpa"):
+        super().__init__()
+        self.spec = spec
+        self.image_size = int(spec["image_size"])
+
+    @property
+    def out_channels(self) -> int:
+        raise NotImplementedError
+
+    def feature_map_size(self) -> tuple[int, int]:
+        """(h, w) of the map ``forward`` returns at the configured input, computed without running it."""
+        raise NotImplementedError
+
+    def init_extra_weights(self, std: float) -> None:
+        """Initialise tensors the generic ``_init_weights`` does not know (position tables, rotary tables,
+        layer scales, ...). Must use ``transformers.initialization`` so loaded weights are not overwritten."""
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def resize_position_grid(table: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bicubically resize a square ``(1, S, S, C)`` (or ``(1, S*S, C)``) position table to ``(1, h, w, C)``.
+
+    Computed in float32 as the reference implementations do, returned in the table's dtype. A table
+    that already has the right size is returned unchanged, so released resolutions stay bit-exact.
+    """
+    if table.dim() == 3:
+        side = math.isqrt(table.shape[1])
+        table = table.reshape(1, side, side, table.shape[-1])
+    if tuple(table.shape[1:3]) == tuple(size):
+        return table
+    grid = table.permute(0, 3, 1, 2).float()
+    grid = nn.functional.interpolate(grid, size=size, mode="bicubic", align_corners=False)
+    return grid.permute(0, 2, 3, 1).to(table.dtype)

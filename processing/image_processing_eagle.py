@@ -1,0 +1,457 @@
+"""Image processor of Eagle: one image in, one pixel tensor per vision expert out.
+
+Eagle feeds the same picture to several vision experts (CLIP, ConvNeXt, SAM, EVA-02, Pix2Struct). This
+processor turns each image into the input every expert expects and returns them as ONE list under
+``pixel_values`` (one float32 tensor per expert, in expert order), which is how the pixels travel through
+``generate``, pipelines and trainers.
+
+Two modes:
+
+* ``"per_expert"`` (default): every expert gets its own resolution and normalisation. The image is padded to a
+  square with the expert's mean colour (``resize_mode="pad"``, LLaVA's ``expand2square``) or stretched
+  (``resize_mode="resize"``), then resized with PIL bicubic to the expert's ``image_size``.
+* ``"released"``: reproduces the authors' ``process_images`` for the released checkpoints: one shared tensor
+  (pad with the CLIP mean colour, PIL bicubic to ``shared_size``, CLIP normalisation) from which every expert's
+  input is derived exactly as the original tower did (bilinear ``align_corners=True`` for other sizes, and
+  de-normalisation back to 0..255 for Pix2Struct).
+
+Pix2Struct's input is its flattened patches ``(n_images, max_patches, 2 + 3 * p * p)``: per-image
+standardisation, antialiased bilinear resize to the largest patch grid that fits ``max_patches``, patches
+flattened row-major with the channel fastest, each row prefixed by its 1-based row and column ids and the rest
+zero-padded, as transformers' ``Pix2StructImageProcessor`` computes them.
+"""
+
+import copy
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from transformers.image_processing_backends import PilBackend
+from transformers.image_processing_utils import BatchFeature
+from transformers.image_transforms import convert_to_rgb
+from transformers.image_utils import ChannelDimension, infer_channel_dimension_format
+from transformers.processing_utils import ImagesKwargs, Unpack
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+EXPERT_TYPES = ("clip", "convnext", "sam", "eva02", "pix2struct")
+MODES = ("per_expert", "released")
+RESIZE_MODES = ("pad", "resize")
+_EXPERT_KEYS = ("name", "type", "image_size", "image_mean", "image_std", "max_patches", "patch_size")
+
+# The released Eagle-X5 layout (what the authors' checkpoints were trained with).
+DEFAULT_EXPERTS = [
+    {"name": "clip", "type": "clip", "image_size": 336},
+    {"name": "convnext", "type": "convnext", "image_size": 1024},
+    {"name": "sam", "type": "sam", "image_size": 1024},
+    {"name": "eva02", "type": "eva02", "image_size": 1024},
+    {"name": "pix2struct", "type": "pix2struct", "image_size": 1024, "max_patches": 2048, "patch_size": 16},
+]
+for _spec in DEFAULT_EXPERTS:
+    if _spec["type"] != "pix2struct":
+        _spec["image_mean"] = list(OPENAI_CLIP_MEAN)
+        _spec["image_std"] = list(OPENAI_CLIP_STD)
+
+
+class EagleImageProcessorKwargs(ImagesKwargs, total=False):
+    """
+    experts (`list[dict]`, *optional*):
+        One entry per vision expert, in model order: `name`, `type` (`clip`, `convnext`, `sam`, `eva02`,
+        `pix2struct`), `image_size`, `image_mean`/`image_std` (3 floats; `None` for Pix2Struct), and for Pix2Struct
+        `max_patches` and `patch_size` (default 16).
+    mode (`str`, *optional*, defaults to `"per_expert"`):
+        `"per_expert"` (each expert at its own size and normalisation) or `"released"` (the authors' shared
+        1024 tensor, reproducing the released checkpoints' preprocessing).
+    resize_mode (`str`, *optional*, defaults to `"pad"`):
+        Per-expert mode only: `"pad"` (pad to a square with the mean colour, then resize) or `"resize"` (stretch).
+    shared_size (`int`, *optional*, defaults to 1024):
+        Released mode only: side of the shared tensor.
+    shared_mean (`list[float]`, *optional*, defaults to the OpenAI-CLIP mean):
+        Released mode only: normalisation mean of the shared tensor (its pad colour is `int(255 * mean)`).
+    shared_std (`list[float]`, *optional*, defaults to the OpenAI-CLIP std):
+        Released mode only: normalisation std of the shared tensor.
+    """
+
+    experts: list[dict] | None
+    mode: str | None
+    resize_mode: str | None
+    shared_size: int | None
+    shared_mean: list[float] | tuple[float, ...] | None
+    shared_std: list[float] | tuple[float, ...] | None
+
+
+def _three_floats(value: Any, where: str) -> list[float]:
+    if isinstance(value, (list, tuple)) and len(value) == 3 and all(isinstance(v, (int, float)) for v in value):
+        return [float(v) for v in value]
+    raise ValueError(f"{where} must be a list of 3 floats, got {value!r}")
+
+
+def _positive_int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{where} must be a positive int, got {value!r}")
+    return value
+
+
+def _normalize_expert(spec: Any, index: int) -> dict:
+    """Check one expert entry and fill its defaults; errors name the entry and the field."""
+    where = f"experts[{index}]"
+    if not isinstance(spec, dict):
+        raise ValueError(f"{where} must be a dict, got {type(spec).__name__}")
+    unknown = sorted(set(spec) - set(_EXPERT_KEYS))
+    if unknown:
+        raise ValueError(f"{where} has unknown keys {unknown}; allowed keys are {list(_EXPERT_KEYS)}")
+    expert_type = spec.get("type")
+    if expert_type not in EXPERT_TYPES:
+        raise ValueError(
+            f"{where} ({spec.get('name', '?')!r}) has unknown expert type {expert_type!r}; "
+            f"choose one of {', '.join(EXPERT_TYPES)}"
+        )
+    out = {"name": spec.get("name") or expert_type, "type": expert_type}
+    if not isinstance(out["name"], str):
+        raise ValueError(f"{where}.name must be a str, got {out['name']!r}")
+    out["image_size"] = _positive_int(spec.get("image_size"), f"{where}.image_size")
+    if expert_type == "pix2struct":
+        for key in ("image_mean", "image_std"):
+            value = spec.get(key)
+            out[key] = None if value is None else _three_floats(value, f"{where}.{key}")
+        patch = spec.get("patch_size")
+        patch = _positive_int(16 if patch is None else patch, f"{where}.patch_size")
+        max_patches = spec.get("max_patches")
+        if max_patches is None:
+            max_patches = max((out["image_size"] // patch) ** 2, 1)
+        out["max_patches"] = _positive_int(max_patches, f"{where}.max_patches")
+        out["patch_size"] = patch
+    else:
+        for key in ("image_mean", "image_std"):
+            out[key] = _three_floats(spec.get(key), f"{where}.{key}")
+        if any(s == 0 for s in out["image_std"]):
+            raise ValueError(f"{where}.image_std must not contain 0, got {out['image_std']}")
+    return out
+
+
+def _pix2struct_grid(height: int, width: int, max_patches: int, patch: int) -> tuple[int, int]:
+    """Rows and columns of the largest patch grid that keeps the aspect ratio and fits ``max_patches``."""
+    if height == width:
+        # Same value as the float formula below, without the risk of float error dropping a row.
+        side = max(min(math.isqrt(max_patches), max_patches), 1)
+        return side, side
+    scale = math.sqrt(max_patches * (patch / height) * (patch / width))
+    rows = max(min(math.floor(scale * height / patch), max_patches), 1)
+    cols = max(min(math.floor(scale * width / patch), max_patches), 1)
+    return rows, cols
+
+
+def _pix2struct_patches(pixels: torch.Tensor, max_patches: int, patch: int) -> torch.Tensor:
+    """Pix2Struct's flattened patches of ``pixels`` (n, 3, H, W) float 0..255 -> (n, max_patches, 2 + 3*p*p)."""
+    n, channels, height, width = pixels.shape
+    # Per-image standardisation over every pixel and channel; std floored at 1/sqrt(N) (computed in float64).
+    flat = pixels.reshape(n, -1).double()
+    mean = flat.mean(dim=1)
+    std = flat.std(dim=1, correction=0).clamp_min(1.0 / math.sqrt(flat.shape[1]))
+    pixels = ((pixels - mean.float().view(n, 1, 1, 1)) / std.float().view(n, 1, 1, 1)).float()
+
+    rows, cols = _pix2struct_grid(height, width, max_patches, patch)
+    pixels = F.interpolate(
+        pixels, size=(rows * patch, cols * patch), mode="bilinear", align_corners=False, antialias=True
+    )
+    # (n, C, rows, p, cols, p) -> (n, rows, cols, p_h, p_w, C): patches row-major, channel fastest.
+    patches = pixels.reshape(n, channels, rows, patch, cols, patch).permute(0, 2, 4, 3, 5, 1)
+    patches = patches.reshape(n, rows * cols, patch * patch * channels)
+    row_ids = torch.arange(1, rows + 1, dtype=torch.float32).repeat_interleave(cols)
+    col_ids = torch.arange(1, cols + 1, dtype=torch.float32).repeat(rows)
+    ids = torch.stack([row_ids, col_ids], dim=-1).expand(n, -1, -1)
+    out = torch.zeros(n, max_patches, 2 + patch * patch * channels, dtype=torch.float32)
+    out[:, : rows * cols, :2] = ids
+    out[:, : rows * cols, 2:] = patches
+    return out
+
+
+def _expand2square(image: Image.Image, color: tuple[int, int, int]) -> Image.Image:
+    """LLaVA's expand2square: centre the image on a square canvas of ``color``."""
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    canvas = Image.new(image.mode, (side, side), color)
+    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+    return canvas
+
+
+def _mean_colour(mean: list[float] | tuple[float, ...]) -> tuple[int, int, int]:
+    return tuple(int(m * 255) for m in mean)
+
+
+def _to_uint8_hwc(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=np.uint8)
+
+
+def _normalize_uint8(batch: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:
+    """(n, H, W, 3) uint8 -> (n, 3, H, W) float32: /255 (in float64, as transformers rescales) then (x-mean)/std."""
+    pixels = torch.from_numpy(batch).permute(0, 3, 1, 2).double().mul(1 / 255).float()
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return ((pixels - mean_t) / std_t).contiguous()
+
+
+def _array_to_uint8(array: np.ndarray, where: str) -> np.ndarray:
+    """Bring an HWC array of any numeric dtype to uint8 0..255 (floats in [0, 1] are scaled by 255)."""
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * 255
+    if array.dtype == np.uint8:
+        return array
+    if np.issubdtype(array.dtype, np.integer):
+        if array.size and (array.min() < 0 or array.max() > 255):
+            raise ValueError(f"{where} has integer values outside 0..255 ([{array.min()}, {array.max()}])")
+        return array.astype(np.uint8)
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ValueError(f"{where} contains NaN or infinite values")
+        low, high = float(array.min()), float(array.max())
+        if low >= 0.0 and high <= 1.0:
+            array = array.astype(np.float64) * 255.0
+        elif low < 0.0 or high > 255.0:
+            raise ValueError(
+                f"{where} has float values in [{low}, {high}]; expected [0, 1] or [0, 255] (un-normalised pixels)"
+            )
+        return np.clip(np.round(array), 0, 255).astype(np.uint8)
+    raise ValueError(f"{where} has unsupported dtype {array.dtype}")
+
+
+class EagleImageProcessor(PilBackend):
+    r"""
+    Image processor of Eagle (mixture of vision experts). `__call__(images, return_tensors="pt")` returns
+    `BatchFeature({"pixel_values": [tensor_expert0, tensor_expert1, ...]})`: one float32 tensor per expert, in
+    `experts` order, `(n_images, 3, S, S)` for image experts and `(n_images, max_patches, 2 + 3 * p * p)` for
+    Pix2Struct. `images` may be one image, a list, or a nested list (one list per prompt, flattened in order) of
+    PIL images, numpy arrays or torch tensors (HWC or CHW; 1, 3 or 4 channels; converted to RGB).
+
+    Args:
+        experts (`list[dict]`, *optional*, defaults to the released Eagle-X5 layout): see
+            `EagleImageProcessorKwargs`.
+        mode (`str`, *optional*, defaults to `"per_expert"`): `"per_expert"` or `"released"`.
+        resize_mode (`str`, *optional*, defaults to `"pad"`): `"pad"` or `"resize"` (per-expert mode).
+        shared_size (`int`, *optional*, defaults to 1024): side of the shared tensor (released mode).
+        shared_mean / shared_std (`list[float]`, *optional*, default OpenAI CLIP): its normalisation.
+    """
+
+    valid_kwargs = EagleImageProcessorKwargs
+    model_input_names = ["pixel_values"]
+    do_convert_rgb = True
+
+    experts = DEFAULT_EXPERTS
+    mode = "per_expert"
+    resize_mode = "pad"
+    shared_size = 1024
+    shared_mean = list(OPENAI_CLIP_MEAN)
+    shared_std = list(OPENAI_CLIP_STD)
+
+    def __init__(self, **kwargs: Unpack[EagleImageProcessorKwargs]):
+        super().__init__(**kwargs)
+
+    @classmethod
+    def from_vision_experts(cls, experts: Any, **kwargs) -> "EagleImageProcessor":
+        """Build the processor from the model config's expert entries (`EagleVisionConfig.experts`).
+
+        Each entry gives `name`, `type`, `image_size`, `image_mean`, `image_std`, and for Pix2Struct
+        `max_patches` and `config["patch_size"]`. An `EagleVisionConfig` (anything with `.experts`) is accepted too.
+        """
+        if hasattr(experts, "experts"):
+            experts = experts.experts
+        entries = []
+        for index, spec in enumerate(experts):
+            if not isinstance(spec, dict):
+                raise ValueError(f"vision expert {index} must be a dict, got {type(spec).__name__}")
+            entry = {key: copy.deepcopy(spec.get(key)) for key in ("name", "type", "image_size", "image_mean")}
+            entry["image_std"] = copy.deepcopy(spec.get("image_std"))
+            if spec.get("type") == "pix2struct":
+                entry["max_patches"] = spec.get("max_patches")
+                entry["patch_size"] = (spec.get("config") or {}).get("patch_size", 16)
+            entries.append(entry)
+        return cls(experts=entries, **kwargs)
+
+    # ----------------------------------------------------------------------------------------- kwargs
+    def _standardize_kwargs(self, **kwargs) -> dict:
+        kwargs = super()._standardize_kwargs(**kwargs)
+        experts = kwargs.get("experts")
+        if experts is not None:
+            if not isinstance(experts, (list, tuple)) or len(experts) == 0:
+                raise ValueError(f"experts must be a non-empty list of expert dicts, got {experts!r}")
+            kwargs["experts"] = [_normalize_expert(spec, i) for i, spec in enumerate(experts)]
+        mode = kwargs.get("mode")
+        if mode is not None and mode not in MODES:
+            raise ValueError(f"Unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        resize_mode = kwargs.get("resize_mode")
+        if resize_mode is not None and resize_mode not in RESIZE_MODES:
+            raise ValueError(f"Unknown resize_mode {resize_mode!r}; choose one of {', '.join(RESIZE_MODES)}")
+        if kwargs.get("shared_size") is not None:
+            _positive_int(kwargs["shared_size"], "shared_size")
+        for key in ("shared_mean", "shared_std"):
+            if kwargs.get(key) is not None:
+                kwargs[key] = _three_floats(kwargs[key], key)
+        return kwargs
+
+    def _validate_preprocess_kwargs(self, **kwargs):
+        # The standard resize/rescale/normalize flags are unused: each expert carries its own settings,
+        # which `_standardize_kwargs` has already checked.
+        pass
+
+    # ----------------------------------------------------------------------------------------- inputs
+    def _prepare_images_structure(self, images: Any, expected_ndims: int = 3) -> list:
+        """Flatten one image / a list / a nested list (or a 4-D batch array) into a flat list, keeping order."""
+        images = self.fetch_images(images)  # loads str paths/URLs the way transformers does; images pass through
+
+        def flatten(item: Any) -> list:
+            if isinstance(item, (list, tuple)):
+                return [image for sub in item for image in flatten(sub)]
+            if isinstance(item, (np.ndarray, torch.Tensor)) and item.ndim == expected_ndims + 1:
+                return list(item)
+            return [item]
+
+        flat = flatten(images)
+        if not flat:
+            raise ValueError("No images were given to EagleImageProcessor")
+        return flat
+
+    def _prepare_image_like_inputs(
+        self, images: Any, *args, expected_ndims: int = 3, input_data_format=None, **kwargs
+    ) -> list[Image.Image]:
+        images = self._prepare_images_structure(images, expected_ndims=expected_ndims)
+        return [
+            self.process_image(image, input_data_format=input_data_format, index=i) for i, image in enumerate(images)
+        ]
+
+    def process_image(self, image: Any, input_data_format=None, index: int = 0, **kwargs) -> Image.Image:
+        """Convert one input (PIL image, numpy array or torch tensor) to an RGB PIL image; errors name the input."""
+        where = f"image {index}"
+        if isinstance(image, Image.Image):
+            if image.width == 0 or image.height == 0:
+                raise ValueError(
+                    f"{where} has size {image.width}x{image.height} (width x height); it must not be empty"
+                )
+            if image.mode == "RGB":
+                return image
+            return Image.fromarray(convert_to_rgb(image, return_numpy=True))
+        if isinstance(image, torch.Tensor):
+            image = image.detach().cpu()
+            if image.dtype == torch.bfloat16 or image.dtype == torch.float16:
+                image = image.float()
+            image = image.numpy()
+        if not isinstance(image, np.ndarray):
+            raise ValueError(f"{where} has unsupported type {type(image).__name__}; give a PIL image, array or tensor")
+        if image.ndim == 2:
+            image = image[..., None]
+            layout = ChannelDimension.LAST
+        elif image.ndim == 3:
+            if input_data_format is not None:
+                layout = ChannelDimension(input_data_format)
+            else:
+                try:
+                    layout = infer_channel_dimension_format(image, num_channels=(1, 3, 4))
+                except ValueError:
+                    raise ValueError(
+                        f"{where} has shape {tuple(image.shape)}: expected 1, 3 or 4 channels (HWC or CHW)"
+                    ) from None
+        else:
+            raise ValueError(f"{where} has {image.ndim} dimensions (shape {tuple(image.shape)}); expected 2 or 3")
+        if layout == ChannelDimension.FIRST:
+            image = np.moveaxis(image, 0, -1)
+        height, width, channels = image.shape
+        if height == 0 or width == 0:
+            raise ValueError(f"{where} has size {width}x{height} (width x height); it must not be empty")
+        if channels not in (1, 3, 4):
+            raise ValueError(f"{where} has {channels} channels (shape {tuple(image.shape)}); expected 1, 3 or 4")
+        image = _array_to_uint8(np.ascontiguousarray(image), where)
+        if channels == 1:
+            image = np.repeat(image, 3, axis=-1)
+        elif channels == 4:
+            image = convert_to_rgb(image, return_numpy=True, input_data_format=ChannelDimension.LAST)
+        return Image.fromarray(np.ascontiguousarray(image), mode="RGB")
+
+    # ----------------------------------------------------------------------------------------- processing
+    def _preprocess(
+        self,
+        images: list[Image.Image],
+        experts: list[dict],
+        mode: str,
+        resize_mode: str,
+        shared_size: int,
+        shared_mean: list[float],
+        shared_std: list[float],
+        return_tensors: str | None = None,
+        **kwargs,
+    ) -> BatchFeature:
+        if mode == "released":
+            pixel_values = self._released(images, experts, shared_size, shared_mean, shared_std)
+        else:
+            pixel_values = self._per_expert(images, experts, resize_mode)
+        if return_tensors is not None and str(getattr(return_tensors, "value", return_tensors)) == "np":
+            pixel_values = [tensor.numpy() for tensor in pixel_values]
+        return BatchFeature(data={"pixel_values": pixel_values}, skip_tensor_conversion=["pixel_values"])
+
+    def _per_expert(self, images: list[Image.Image], experts: list[dict], resize_mode: str) -> list[torch.Tensor]:
+        squares: dict[tuple, np.ndarray] = {}  # (side, pad colour) -> (n, side, side, 3) uint8, shared by experts
+
+        def square_batch(side: int, colour: tuple[int, int, int]) -> np.ndarray:
+            key = (side, colour if resize_mode == "pad" else None)
+            if key not in squares:
+                out = []
+                for image in images:
+                    if resize_mode == "pad":
+                        image = _expand2square(image, colour)
+                    out.append(_to_uint8_hwc(image.resize((side, side), resample=Image.Resampling.BICUBIC)))
+                squares[key] = np.stack(out)
+            return squares[key]
+
+        pixel_values = []
+        for spec in experts:
+            side = spec["image_size"]
+            if spec["type"] == "pix2struct":
+                colour = _mean_colour(spec["image_mean"] or OPENAI_CLIP_MEAN)
+                pixels = torch.from_numpy(square_batch(side, colour)).permute(0, 3, 1, 2).float()
+                pixel_values.append(_pix2struct_patches(pixels, spec["max_patches"], spec["patch_size"]))
+            else:
+                batch = square_batch(side, _mean_colour(spec["image_mean"]))
+                pixel_values.append(_normalize_uint8(batch, spec["image_mean"], spec["image_std"]))
+        return pixel_values
+
+    def _released(
+        self,
+        images: list[Image.Image],
+        experts: list[dict],
+        shared_size: int,
+        shared_mean: list[float],
+        shared_std: list[float],
+    ) -> list[torch.Tensor]:
+        # The authors' process_images: expand2square with int(255 * mean), then CLIPImageProcessor (bicubic
+        # shortest edge -> shared_size, centre crop shared_size; the image is square so both are one resize).
+        colour = _mean_colour(shared_mean)
+        batch = np.stack(
+            [
+                _to_uint8_hwc(
+                    _expand2square(image, colour).resize((shared_size, shared_size), resample=Image.Resampling.BICUBIC)
+                )
+                for image in images
+            ]
+        )
+        shared = _normalize_uint8(batch, shared_mean, shared_std)
+        pixel_values = []
+        for spec in experts:
+            if spec["type"] == "pix2struct":
+                # The original Pix2Struct tower un-normalised its input back to 0..255 before its processor.
+                mean_t = torch.tensor(shared_mean, dtype=torch.float32).view(1, 3, 1, 1)
+                std_t = torch.tensor(shared_std, dtype=torch.float32).view(1, 3, 1, 1)
+                pixels = (shared * std_t + mean_t) * 255
+                pixel_values.append(_pix2struct_patches(pixels, spec["max_patches"], spec["patch_size"]))
+            elif spec["image_size"] == shared_size:
+                pixel_values.append(shared)
+            else:
+                size = (spec["image_size"], spec["image_size"])
+                pixel_values.append(F.interpolate(shared, size=size, mode="bilinear", align_corners=True))
+        return pixel_values
+
+
+__all__ = ["EagleImageProcessor"]

@@ -1,0 +1,53 @@
+"""EagleProcessor: the tokenizer and the per-expert image processor, and image-token expansion.
+
+Each ``<image>`` in the text becomes ``grid_size**2`` image tokens (``num_image_tokens``), one per position of
+the fused grid, before tokenisation; the model scatters the projected image features into exactly those
+positions.
+"""
+
+from transformers import ProcessorMixin
+from transformers.processing_utils import MultiModalData
+
+from .image_processing_eagle import EagleImageProcessor
+
+
+class EagleProcessor(ProcessorMixin):
+    skip_tensor_conversion = ["pixel_values", "video_metadata", "text_replacement_offsets"]
+
+    def __init__(
+        self,
+        image_processor: EagleImageProcessor | None = None,
+        tokenizer=None,
+        chat_template=None,
+        image_token: str = "<image>",
+        num_image_tokens: int = 1024,
+        **kwargs,
+    ):
+        self.image_token = getattr(tokenizer, "image_token", None) or image_token
+        self.num_image_tokens = num_image_tokens
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token) if tokenizer is not None else None
+        if tokenizer is not None and self.image_token_id == tokenizer.unk_token_id:
+            raise ValueError(
+                f"The tokenizer has no {self.image_token!r} token; add it with "
+                f"tokenizer.add_special_tokens({{'additional_special_tokens': [{self.image_token!r}]}}) "
+                "and resize the model's embeddings"
+            )
+        super().__init__(image_processor, tokenizer, chat_template=chat_template)
+
+    def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+        return self.image_token * self.num_image_tokens
+
+    def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs) -> MultiModalData:
+        """Placeholder tokens per image for serving engines: fixed, since nothing is tiled."""
+        vision_data = {}
+        if image_sizes is not None:
+            vision_data["num_image_tokens"] = [self.num_image_tokens] * len(image_sizes)
+            vision_data["num_image_patches"] = [1] * len(image_sizes)
+        return MultiModalData(**vision_data)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "pixel_values"]
+
+
+__all__ = ["EagleProcessor"]

@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny Eagle models, a locally built tokenizer, processors and saved folders (all offline)."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import modeling_eagle  # noqa: E402,F401  (registers the Auto classes)
+import processing  # noqa: E402,F401
+from modeling_eagle.hub_folder import build_processor, save_folder  # noqa: E402
+from modeling_eagle.modeling_eagle import EagleForConditionalGeneration  # noqa: E402
+from modeling_eagle.presets import eagle_config  # noqa: E402
+from processing.local_tokenizer import build_tokenizer  # noqa: E402
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return build_tokenizer()
+
+
+def tiny_config(tokenizer, preset="eagle-x5-tiny", **overrides):
+    return eagle_config(
+        preset,
+        vocab_size=len(tokenizer),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        **overrides,
+    )
+
+
+def tiny_model(tokenizer, preset="eagle-x5-tiny", seed=0, **overrides):
+    torch.manual_seed(seed)
+    return EagleForConditionalGeneration(tiny_config(tokenizer, preset, **overrides)).eval()
+
+
+@pytest.fixture(scope="session")
+def model(tokenizer):
+    return tiny_model(tokenizer)
+
+
+@pytest.fixture(scope="session")
+def processor(tokenizer, model):
+    return build_processor(model.config, tokenizer)
+
+
+@pytest.fixture(scope="session")
+def saved_folder(tmp_path_factory, model, processor):
+    path = tmp_path_factory.mktemp("eagle") / "eagle-x5-tiny"
+    save_folder(path, processor, model=model)
+    return path
+
+
+def make_image(width=48, height=40, colour=(200, 30, 30), seed=0) -> Image.Image:
+    """A deterministic RGB image: a coloured rectangle on a noisy background."""
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randint(0, 255, (height, width, 3), generator=generator, dtype=torch.uint8)
+    image = Image.fromarray(noise.numpy())
+    image.paste(colour, (width // 4, height // 4, 3 * width // 4, 3 * height // 4))
+    return image
+
+
+def chat(question: str, n_images: int = 1) -> list[dict]:
+    content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": question}]
+    return [{"role": "user", "content": content}]

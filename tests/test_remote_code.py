@@ -1,0 +1,125 @@
+"""The saved folder is Hub-ready: remote code loads it in a fresh process without this package installed."""
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import modeling_eagle
+import processing
+
+HERE = Path(__file__).resolve().parent
+DECLARED = {"torch", "transformers", "safetensors", "huggingface_hub", "numpy", "PIL", "tokenizers"}
+STDLIB_ALLOWED = {"math", "copy", "dataclasses", "typing", "collections", "functools", "itertools"}
+FORBIDDEN_CALLS = {"eval", "exec", "open", "compile", "__import__"}
+FORBIDDEN_MODULES = {"subprocess", "socket", "urllib", "requests", "httpx", "os", "shutil", "pathlib", "pickle"}
+
+
+def test_saved_folder_has_auto_map_and_remote_code(saved_folder):
+    config = json.loads((saved_folder / "config.json").read_text())
+    assert config["auto_map"] == modeling_eagle.AUTO_MAP
+    processor_config = json.loads((saved_folder / "processor_config.json").read_text())
+    assert processor_config["auto_map"]["AutoProcessor"] == "processing_eagle.EagleProcessor"
+    for name in ("configuration_eagle.py", "modeling_eagle.py", "vision_expert.py", "processing_eagle.py"):
+        assert (saved_folder / name).is_file(), name
+    for expert in ("clip", "convnext", "sam", "eva02", "pix2struct"):
+        assert (saved_folder / f"expert_{expert}.py").is_file()
+    template = (saved_folder / "chat_template.jinja").read_text()
+    assert "generation" in template and "endgeneration" in template
+    assert not list(saved_folder.glob("*.bin")), "weights must be safetensors only"
+
+
+def test_fresh_process_without_package_loads_every_auto_class_with_identical_logits(
+    saved_folder, model, processor, tmp_path
+):
+    out = tmp_path / "remote.pt"
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    run = subprocess.run(
+        [sys.executable, str(HERE / "remote_load.py"), str(saved_folder), str(out)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    remote = torch.load(out, weights_only=False)
+    assert remote["config_class"] == "EagleConfig" and remote["processor_class"] == "EagleProcessor"
+    assert remote["AutoModel.class"] == "EagleModel"
+    assert remote["AutoModelForImageTextToText.class"] == "EagleForConditionalGeneration"
+    assert remote["AutoModelForCausalLM.class"] == "EagleForConditionalGeneration"
+
+    from PIL import Image
+
+    image = Image.new("RGB", (48, 40), (20, 160, 40))
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour?"}]}]
+    inputs = processor(
+        images=[image], text=[processor.apply_chat_template(messages, add_generation_prompt=True)], return_tensors="pt"
+    )
+    torch.testing.assert_close(inputs["input_ids"], remote["input_ids"])
+    with torch.no_grad():
+        logits = model(**inputs).logits
+        hidden = model.model(**inputs).last_hidden_state
+    for auto in ("AutoModelForImageTextToText", "AutoModelForCausalLM"):
+        torch.testing.assert_close(remote[f"{auto}.logits"], logits, rtol=0, atol=0)
+    torch.testing.assert_close(remote["AutoModel.hidden"], hidden, rtol=0, atol=0)
+    torch.testing.assert_close(remote["generated"], model.generate(**inputs, max_new_tokens=5, do_sample=False))
+
+    assert "'role': 'assistant'" in remote["pipeline_chat"]
+    assert remote["pipeline_raw"][0]["generated_text"].startswith("<image>\nDescribe.")
+    assert remote["pipeline_batched"].count("'role': 'assistant'") == 2
+
+
+def remote_code_files() -> list[Path]:
+    """Every file a Hub repo carries: the modules reachable by relative imports from the saved classes."""
+    roots = [Path(modeling_eagle.modeling_eagle.__file__), Path(modeling_eagle.configuration_eagle.__file__)]
+    roots += [Path(processing.processing_eagle.__file__), Path(processing.image_processing_eagle.__file__)]
+    seen, queue = set(), list(roots)
+    while queue:
+        path = queue.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                queue.append(path.parent / f"{node.module}.py")
+    return sorted(seen)
+
+
+def test_remote_code_files_import_only_declared_packages_and_do_no_io():
+    files = remote_code_files()
+    assert len(files) >= 10
+    for path in files:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                if node.level > 1 or (node.level == 1 and node.module is None):
+                    raise AssertionError(f"{path.name}: only `from .module import X` is allowed")
+                if node.level == 1:
+                    assert (path.parent / f"{node.module}.py").is_file(), (
+                        f"{path.name}: .{node.module} is not a sibling"
+                    )
+                    continue
+                modules = [node.module]
+            elif isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                assert node.func.id not in FORBIDDEN_CALLS, f"{path.name} calls {node.func.id}"
+                continue
+            elif isinstance(node, ast.Attribute) and node.attr in {"system", "popen", "urlopen", "load"}:
+                assert not (isinstance(node.value, ast.Name) and node.value.id in {"os", "torch", "pickle"}), (
+                    f"{path.name} uses {node.value.id}.{node.attr}"
+                )
+                continue
+            else:
+                continue
+            for module in modules:
+                top = module.split(".")[0]
+                assert top not in FORBIDDEN_MODULES, f"{path.name} imports {module}"
+                assert top in DECLARED or top in STDLIB_ALLOWED, (
+                    f"{path.name} imports {module}, not a declared package"
+                )
