@@ -29,7 +29,8 @@ def build_processor(config: EagleConfig, tokenizer, chat_template: str = "vicuna
 
     template = CHAT_TEMPLATES.get(chat_template, chat_template)
     image_processor = EagleImageProcessor.from_vision_experts(config.vision_config.experts, mode=mode)
-    tokenizer.padding_side = "left"  # batched generation; TRL's collator asks for right padding itself
+    # Left padding for batched generation (saved with the tokenizer); TRL's collator asks for right padding itself.
+    tokenizer.padding_side = tokenizer.init_kwargs["padding_side"] = "left"
     return EagleProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,

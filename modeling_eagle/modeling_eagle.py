@@ -7,18 +7,14 @@ trainers move, cast and drop them like any other image input.
 """
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers import AutoModel, GenerationMixin, PreTrainedModel, modeling_outputs
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import (
-    BaseModelOutputWithPooling,
-    MultimodalBaseModelOutputWithPast,
-    MultimodalCausalLMOutputWithPast,
-)
-from transformers.modeling_utils import slice_logits_to_keep
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput, logging
 
 from .configuration_eagle import EagleConfig, EagleVisionConfig
@@ -30,6 +26,29 @@ from .expert_sam import SamExpert
 from .vision_expert import VisionExpert
 
 logger = logging.get_logger(__name__)
+
+# transformers 5.24 renamed the KV cache from `past_key_values` to `cache` (kwarg and output field). Eagle speaks
+# whichever the installed version speaks, so one checkpoint's remote code runs on both sides of the rename.
+CACHE_NAME = "cache" if hasattr(modeling_outputs, "MultimodalBaseModelOutputWithPast") else "past_key_values"
+
+
+def _output_class(name: str, fields: tuple[str, ...], doc: str) -> type[ModelOutput]:
+    namespace = {"__annotations__": dict.fromkeys(fields, Any), "__doc__": doc, "__module__": __name__}
+    namespace.update(dict.fromkeys(fields))
+    return dataclass(type(name, (ModelOutput,), namespace))
+
+
+EagleModelOutputWithPast = _output_class(
+    "EagleModelOutputWithPast",
+    ("last_hidden_state", CACHE_NAME, "hidden_states", "attentions", "image_outputs"),
+    "Language-model hidden states, the KV cache, and the image encoder's outputs (`image_outputs`).",
+)
+EagleCausalLMOutputWithPast = _output_class(
+    "EagleCausalLMOutputWithPast",
+    ("loss", "logits", CACHE_NAME, "hidden_states", "attentions", "image_outputs"),
+    "Loss, logits, the KV cache, and the image encoder's outputs (`image_outputs`).",
+)
+
 
 EXPERT_CLASSES: dict[str, type[VisionExpert]] = {
     cls.expert_type: cls for cls in (ClipExpert, ConvNextExpert, SamExpert, Eva02Expert, Pix2StructExpert)
@@ -225,11 +244,12 @@ class EagleModel(EaglePreTrainedModel):
         cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
-    ) -> MultimodalBaseModelOutputWithPast:
+    ) -> EagleModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
-        cache = kwargs.pop("past_key_values", cache)
+        cache = cache if cache is not None else past_key_values
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
@@ -249,14 +269,14 @@ class EagleModel(EaglePreTrainedModel):
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            **{CACHE_NAME: cache},
             **kwargs,
         )
-        return MultimodalBaseModelOutputWithPast(
+        return EagleModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
-            cache=outputs.cache,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_outputs=image_outputs,
@@ -311,29 +331,33 @@ class EagleForConditionalGeneration(EaglePreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        past_key_values: Cache | None = None,
         **kwargs,
-    ) -> MultimodalCausalLMOutputWithPast:
+    ) -> EagleCausalLMOutputWithPast:
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache,
+            cache=cache if cache is not None else past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
         )
-        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        hidden_states = outputs.last_hidden_state
+        # An int keeps the last N positions (0 = all); a tensor lists the positions to keep.
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        hidden_states = hidden_states[:, keep]
         logits = self.lm_head(hidden_states)
         loss = None
         if labels is not None:
             loss = self.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
             )
-        return MultimodalCausalLMOutputWithPast(
+        return EagleCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            cache=outputs.cache,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_outputs=outputs.image_outputs,

@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_utils import BatchFeature
-from transformers.image_transforms import convert_to_rgb
 from transformers.image_utils import ChannelDimension, infer_channel_dimension_format
 from transformers.processing_utils import ImagesKwargs, Unpack
 
@@ -82,6 +81,14 @@ class EagleImageProcessorKwargs(ImagesKwargs, total=False):
     shared_size: int | None
     shared_mean: list[float] | tuple[float, ...] | None
     shared_std: list[float] | tuple[float, ...] | None
+
+
+def _composite_to_rgb(image: Image.Image) -> Image.Image:
+    """RGB, with any transparency composited onto white (as transformers does)."""
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        image = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image).convert("RGB")
+    return image.convert("RGB")
 
 
 def _three_floats(value: Any, where: str) -> list[float]:
@@ -334,7 +341,7 @@ class EagleImageProcessor(PilBackend):
                 )
             if image.mode == "RGB":
                 return image
-            return Image.fromarray(convert_to_rgb(image, return_numpy=True))
+            return _composite_to_rgb(image)
         if isinstance(image, torch.Tensor):
             image = image.detach().cpu()
             if image.dtype == torch.bfloat16 or image.dtype == torch.float16:
@@ -368,7 +375,7 @@ class EagleImageProcessor(PilBackend):
         if channels == 1:
             image = np.repeat(image, 3, axis=-1)
         elif channels == 4:
-            image = convert_to_rgb(image, return_numpy=True, input_data_format=ChannelDimension.LAST)
+            return _composite_to_rgb(Image.fromarray(image, mode="RGBA"))
         return Image.fromarray(np.ascontiguousarray(image), mode="RGB")
 
     # ----------------------------------------------------------------------------------------- processing

@@ -11,6 +11,16 @@ from transformers.processing_utils import MultiModalData
 from .image_processing_eagle import EagleImageProcessor
 
 
+def _count_images(images) -> int:
+    if images is None:
+        return 0
+    if isinstance(images, (list, tuple)):
+        return sum(_count_images(image) for image in images)
+    if getattr(images, "ndim", 3) == 4:  # a batch array or tensor
+        return images.shape[0]
+    return 1
+
+
 class EagleProcessor(ProcessorMixin):
     skip_tensor_conversion = ["pixel_values", "video_metadata", "text_replacement_offsets"]
 
@@ -33,6 +43,18 @@ class EagleProcessor(ProcessorMixin):
                 "and resize the model's embeddings"
             )
         super().__init__(image_processor, tokenizer, chat_template=chat_template)
+
+    def __call__(self, images=None, text=None, **kwargs):
+        if text is not None:
+            texts = [text] if isinstance(text, str) else list(text)
+            n_tokens = sum(t.count(self.image_token) for t in texts)
+            n_images = _count_images(images)
+            if n_tokens != n_images:
+                raise ValueError(
+                    f"The text has {n_tokens} {self.image_token!r} placeholder(s) but {n_images} image(s) were "
+                    f"given; put one {self.image_token} in the text for each image, in the images' order"
+                )
+        return super().__call__(images=images, text=text, **kwargs)
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         return self.image_token * self.num_image_tokens
