@@ -2,6 +2,7 @@
 
     eagle init --preset eagle-x5-tiny --output ./eagle-tiny      # random, Hub-ready folder
     eagle generate --model ./eagle-tiny --image cat.png --prompt "What is in the picture?"
+    eagle convert ./Eagle-X5-7B ./eagle-x5-7b-hf                 # a released NVEagle checkpoint, converted
 
 A user error (a missing file, a bad preset, an existing output) prints one line saying what is wrong and what
 to do, and exits with status 2; ``--debug`` shows the full traceback instead.
@@ -65,6 +66,23 @@ def _cmd_generate(args) -> None:
     print(processor.post_process_image_text_to_text(new_tokens, skip_special_tokens=True)[0])
 
 
+def _cmd_convert(args) -> None:
+    from .convert_nveagle import ConversionError, convert
+
+    try:
+        report = convert(
+            args.src,
+            args.dst,
+            dtype=args.dtype,
+            chat_template=args.chat_template,
+            force=args.force,
+            max_shard_size=int(args.max_shard_size_gb * 1024**3),
+        )
+    except (ConversionError, FileExistsError) as error:
+        raise UserError(str(error)) from error
+    print(f"converted {args.src} -> {args.dst}: {report.summary()}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eagle",
@@ -98,6 +116,24 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--temperature", type=float, default=0.0, help="sample at this temperature (0 = greedy)")
     generate.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto (the checkpoint's)")
     generate.set_defaults(func=_cmd_generate)
+
+    convert = commands.add_parser(
+        "convert",
+        help="convert a released NVEagle checkpoint into a Hub-native folder",
+        description="Convert an NVEagle checkpoint folder (config.json with model_type eagle_llama, safetensors or "
+        ".bin weights, tokenizer) into a folder that AutoModel loads with trust_remote_code and pipeline runs. "
+        "Streams tensor by tensor; writes to a temporary folder and moves it into place when complete.",
+    )
+    convert.add_argument("src", help="the NVEagle checkpoint folder (e.g. a local copy of NVEagle/Eagle-X5-7B)")
+    convert.add_argument("dst", help="output folder (refused if it exists, unless --force)")
+    convert.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="cast weights (default: keep)")
+    convert.add_argument(
+        "--chat-template",
+        help="vicuna_v1, llama3, chatml or a Jinja template string (default: guessed from the tokenizer)",
+    )
+    convert.add_argument("--max-shard-size-gb", type=float, default=4.0, help="output shard size in GiB (default 4)")
+    convert.add_argument("--force", action="store_true", help="replace an existing output folder")
+    convert.set_defaults(func=_cmd_convert)
     return parser
 
 

@@ -34,9 +34,11 @@ class ClipExpert(VisionExpert):
         side = self.image_size // self.config.patch_size
         return side, side
 
-    def init_extra_weights(self, std: float) -> None:
-        init.normal_(self.embeddings.class_embedding, std=self.config.hidden_size**-0.5)
-        init.copy_(self.embeddings.position_ids, torch.arange(self.embeddings.num_positions).expand((1, -1)))
+    @classmethod
+    def init_module(cls, module: nn.Module, std: float) -> None:
+        if isinstance(module, CLIPVisionEmbeddings):
+            init.normal_(module.class_embedding, std=module.embed_dim**-0.5)
+            init.copy_(module.position_ids, torch.arange(module.num_positions).expand((1, -1)))
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         batch, _, height, width = pixel_values.shape

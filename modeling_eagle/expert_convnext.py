@@ -38,10 +38,10 @@ class ConvNextExpert(VisionExpert):
         side = self.image_size // stride
         return side, side
 
-    def init_extra_weights(self, std: float) -> None:
-        for module in self.modules():
-            if isinstance(module, ConvNextLayer) and module.layer_scale_parameter is not None:
-                init.constant_(module.layer_scale_parameter, self.config.layer_scale_init_value)
+    @classmethod
+    def init_module(cls, module: nn.Module, std: float) -> None:
+        if isinstance(module, ConvNextLayer) and module.layer_scale_parameter is not None:
+            init.constant_(module.layer_scale_parameter, 1e-6)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         hidden = self.embeddings(pixel_values.to(self.embeddings.patch_embeddings.weight.dtype))

@@ -366,16 +366,17 @@ class Eva02Expert(VisionExpert):
             if isinstance(module, Eva02Attention):
                 module.attn_implementation = attn_implementation
 
-    def init_extra_weights(self, std: float) -> None:
-        init.normal_(self.pos_embed, std=std)
-        for module in self.modules():
-            if isinstance(module, Eva02Attention):
-                init.zeros_(module.q_bias)
-                init.zeros_(module.v_bias)
-            elif isinstance(module, Eva02RotaryTable):
-                cos, sin = module.formula()
-                init.copy_(module.freqs_cos, cos)
-                init.copy_(module.freqs_sin, sin)
+    @classmethod
+    def init_module(cls, module: nn.Module, std: float) -> None:
+        if isinstance(module, Eva02Expert):
+            init.normal_(module.pos_embed, std=std)
+        elif isinstance(module, Eva02Attention):
+            init.zeros_(module.q_bias)
+            init.zeros_(module.v_bias)
+        elif isinstance(module, Eva02RotaryTable):
+            cos, sin = module.formula()
+            init.copy_(module.freqs_cos, cos)
+            init.copy_(module.freqs_sin, sin)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         projection = self.patch_embed.proj

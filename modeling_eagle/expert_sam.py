@@ -60,12 +60,13 @@ class SamExpert(VisionExpert):
         side = self.image_size // self.config.patch_size
         return side, side
 
-    def init_extra_weights(self, std: float) -> None:
-        init.zeros_(self.pos_embed)
-        for module in self.modules():
-            if isinstance(module, SamVisionAttention) and module.use_rel_pos:
-                init.zeros_(module.rel_pos_h)
-                init.zeros_(module.rel_pos_w)
+    @classmethod
+    def init_module(cls, module: nn.Module, std: float) -> None:
+        if isinstance(module, SamExpert):
+            init.zeros_(module.pos_embed)
+        elif isinstance(module, SamVisionAttention) and module.use_rel_pos:
+            init.zeros_(module.rel_pos_h)
+            init.zeros_(module.rel_pos_w)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         projection = self.patch_embed.projection

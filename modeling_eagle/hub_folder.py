@@ -8,6 +8,7 @@ save never leaves a half-written model where a good one was.
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -50,43 +51,49 @@ def generation_config_for(tokenizer) -> GenerationConfig:
     )
 
 
-def save_folder(output_dir, processor, *, model=None, config: EagleConfig | None = None, overwrite: bool = False):
-    """Write a Hub-ready folder atomically. Without ``model``, everything but the weights is written."""
+@contextmanager
+def staged_folder(output_dir, overwrite: bool = False):
+    """Yield a temporary sibling of ``output_dir`` to write into; move it into place only if the block succeeds."""
     output_dir = Path(output_dir)
     if output_dir.exists() and not overwrite:
         raise FileExistsError(f"{output_dir} already exists; choose another output or pass overwrite/--force")
-    config = model.config if model is not None else config
-    config.auto_map = dict(AUTO_MAP)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
+        yield staging
+        if output_dir.exists():
+            backup = output_dir.with_name(f".{output_dir.name}.old-{os.getpid()}")
+            os.replace(output_dir, backup)
+            os.replace(staging, output_dir)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(staging, output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_folder_files(folder: Path, processor, config: EagleConfig) -> None:
+    """Everything but the weights: config (with ``auto_map``), remote code, generation config and processor."""
+    config.auto_map = dict(AUTO_MAP)
+    with torch.device("meta"):
+        code_owner = EagleForConditionalGeneration(config)
+    custom_object_save(code_owner, folder)
+    config.save_pretrained(folder)
+    generation_config_for(processor.tokenizer).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    # v5 nests the image processor in processor_config.json; a separate file keeps v4-era readers working.
+    processor.image_processor.save_pretrained(folder)
+
+
+def save_folder(output_dir, processor, *, model=None, config: EagleConfig | None = None, overwrite: bool = False):
+    """Write a Hub-ready folder atomically. Without ``model``, everything but the weights is written."""
+    config = model.config if model is not None else config
+    with staged_folder(output_dir, overwrite) as staging:
+        write_folder_files(staging, processor, config)
         if model is not None:
             model.generation_config = generation_config_for(processor.tokenizer)
             model.save_pretrained(staging)
-        else:
-            with torch.device("meta"):
-                code_owner = EagleForConditionalGeneration(config)
-            custom_object_save(code_owner, staging)
-            config.save_pretrained(staging)
-            generation_config_for(processor.tokenizer).save_pretrained(staging)
-        processor.save_pretrained(staging)
-        # v5 nests the image processor in processor_config.json; a separate file keeps v4-era readers working.
-        processor.image_processor.save_pretrained(staging)
-        _replace(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return output_dir
-
-
-def _replace(staging: Path, output_dir: Path) -> None:
-    if output_dir.exists():
-        backup = output_dir.with_name(f".{output_dir.name}.old-{os.getpid()}")
-        os.replace(output_dir, backup)
-        os.replace(staging, output_dir)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        os.replace(staging, output_dir)
+    return Path(output_dir)
 
 
 def init_folder(preset: str, output_dir, *, config_only: bool = False, seed: int = 0, overwrite: bool = False):

@@ -88,8 +88,9 @@ class EaglePreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module):
         super()._init_weights(module)
-        if isinstance(module, VisionExpert):
-            module.init_extra_weights(self.config.get_text_config().initializer_range)
+        std = getattr(self.config, "initializer_range", 0.02)
+        for expert_class in EXPERT_CLASSES.values():
+            expert_class.init_module(module, std)
 
 
 class EagleVisionTower(EaglePreTrainedModel):
@@ -113,11 +114,6 @@ class EagleVisionTower(EaglePreTrainedModel):
         )
         self.grid_size = config.grid_size
         self.post_init()
-
-    def _init_weights(self, module):
-        PreTrainedModel._init_weights(self, module)
-        if isinstance(module, VisionExpert):
-            module.init_extra_weights(self.config.initializer_range)
 
     def expert_channels(self) -> dict[str, int]:
         """Channels each expert contributes on the grid (after its pixel_unshuffle)."""

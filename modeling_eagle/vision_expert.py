@@ -36,9 +36,12 @@ class VisionExpert(nn.Module):
         """(h, w) of the map ``forward`` returns at the configured input, computed without running it."""
         raise NotImplementedError
 
-    def init_extra_weights(self, std: float) -> None:
-        """Initialise tensors the generic ``_init_weights`` does not know (position tables, rotary tables,
-        layer scales, ...). Must use ``transformers.initialization`` so loaded weights are not overwritten."""
+    @classmethod
+    def init_module(cls, module: nn.Module, std: float) -> None:
+        """Initialise the tensors of ``module`` (this expert or one of its submodules) that the generic
+        ``_init_weights`` does not know: position and rotary tables, layer scales, ... ``from_pretrained`` calls
+        it only for modules whose own tensors were not all loaded, so it must dispatch on the module's type and
+        touch only that module's own tensors, through ``transformers.initialization``."""
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -265,14 +265,15 @@ def test_pixels_cast_to_expert_dtype():
         assert expert(torch.randn(1, 3, 64, 96)).dtype == torch.bfloat16
 
 
-def test_meta_construction_and_init_extra_weights():
+def test_meta_construction_and_init_module():
     spec = {"image_size": 96, "config": {**TINY, "window_size": 4}}
     with torch.device("meta"):
         expert = Eva02Expert(spec)
     assert all(t.is_meta for t in list(expert.parameters()) + list(expert.buffers()))
     expert.to_empty(device="cpu")
     torch.manual_seed(0)
-    expert.init_extra_weights(0.02)
+    for module in expert.modules():
+        Eva02Expert.init_module(module, 0.02)
     for table, side in ((expert.rope_win, 4), (expert.rope_glb, 6)):
         cos, sin = authors_rope(16, side)
         assert torch.equal(table.freqs_cos, cos) and torch.equal(table.freqs_sin, sin)
