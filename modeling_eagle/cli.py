@@ -10,6 +10,7 @@ to do, and exits with status 2; ``--debug`` shows the full traceback instead.
 
 import argparse
 import sys
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -33,8 +34,6 @@ def _cmd_init(args) -> None:
 
 
 def _cmd_generate(args) -> None:
-    from pathlib import Path
-
     import torch
     from PIL import Image, UnidentifiedImageError
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -81,6 +80,31 @@ def _cmd_convert(args) -> None:
     except (ConversionError, FileExistsError) as error:
         raise UserError(str(error)) from error
     print(f"converted {args.src} -> {args.dst}: {report.summary()}")
+
+
+def _cmd_train(args) -> None:
+    import json
+
+    from training.recipe import RecipeError, load_recipe
+    from training.runner import run_recipe
+
+    try:
+        recipe = load_recipe(args.recipe)
+        if args.data_root:
+            recipe.data_root = str(Path(args.data_root).resolve())
+        summaries = run_recipe(recipe, args.output, resume=args.resume)
+    except (RecipeError, FileExistsError, FileNotFoundError) as error:
+        raise UserError(str(error)) from error
+    for stage, summary in summaries.items():
+        print(f"{stage}: {json.dumps(summary, default=str)}")
+    print(f"stage folders under {args.output}")
+
+
+def _cmd_data_synth(args) -> None:
+    from training.synth import generate
+
+    manifest = generate(args.output, n=args.n, seed=args.seed)
+    print(f"wrote synthetic data to {args.output}: {manifest}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,6 +158,32 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--max-shard-size-gb", type=float, default=4.0, help="output shard size in GiB (default 4)")
     convert.add_argument("--force", action="store_true", help="replace an existing output folder")
     convert.set_defaults(func=_cmd_convert)
+
+    train = commands.add_parser(
+        "train",
+        help="run a training recipe (pre-alignment, projector alignment, SFT) with TRL's SFTTrainer",
+        description="Run every stage of a recipe YAML (see training/recipe.py for the schema; shipped recipes are "
+        "in training/recipes/) on one model, one SFTTrainer per stage. Each stage ends with a Hub-ready folder "
+        "OUTPUT/<stage name>; checkpoints go to OUTPUT/checkpoints/<stage name>. Works under `accelerate launch`.",
+    )
+    train.add_argument("recipe", help="recipe YAML, e.g. training/recipes/tiny.yaml")
+    train.add_argument("--output", required=True, help="run folder (must be empty unless --resume)")
+    train.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    train.add_argument("--data-root", help="folder that relative data paths in the recipe start from")
+    train.set_defaults(func=_cmd_train)
+
+    data = commands.add_parser("data", help="dataset tools", description="Dataset tools.")
+    data_commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    synth = data_commands.add_parser(
+        "synth",
+        help="generate a synthetic visual QA and caption dataset",
+        description="Images of coloured shapes and written words with captions and question/answer pairs "
+        "(colour, shape, count, position, word), in LLaVA JSON and HF datasets formats, with a held-out split.",
+    )
+    synth.add_argument("--output", required=True, help="folder to write")
+    synth.add_argument("--n", type=int, default=512, help="number of images (default 512)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.set_defaults(func=_cmd_data_synth)
     return parser
 
 

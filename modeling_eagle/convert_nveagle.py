@@ -94,17 +94,22 @@ def weight_files(src: Path) -> list[Path]:
             if missing:
                 raise ConversionError(f"{index_path} lists shard(s) that are not in {src}: {missing}")
             return [src / name for name in names]
-    files = sorted(src.glob("*.safetensors")) or sorted(src.glob("*.bin"))
+    # Only weight files: a folder may also hold training_args.bin, optimizer states, ...
+    files = sorted(src.glob("model*.safetensors")) or sorted(src.glob("pytorch_model*.bin"))
     if not files:
         raise ConversionError(f"{src}: no .safetensors or .bin weight files")
     return files
 
 
 def read_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
-    shapes = {}
+    shapes, where, duplicated = {}, {}, []
     for path in files:
         for name, tensor_shape in _iterate(path, shapes_only=True):
-            shapes[name] = tensor_shape
+            if name in shapes:
+                duplicated.append(f"{name} ({where[name]} and {path.name})")
+            shapes[name], where[name] = tensor_shape, path.name
+    if duplicated:
+        raise ConversionError(f"{len(duplicated)} tensor(s) stored in more than one file: {duplicated[:20]}")
     return shapes
 
 
@@ -385,6 +390,10 @@ def convert(
     from tqdm.auto import tqdm
 
     src, dst = Path(src), Path(dst)
+    if dst.resolve() == src.resolve() or dst.resolve() in src.resolve().parents:
+        raise ConversionError(f"the output {dst} is (or contains) the source {src}; choose another output folder")
+    if dst.exists() and not force:
+        raise FileExistsError(f"{dst} already exists; choose another output or pass overwrite/--force")
     source = read_source_config(src)
     files = weight_files(src)
     shapes = read_shapes(files)

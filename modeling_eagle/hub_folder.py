@@ -85,14 +85,25 @@ def write_folder_files(folder: Path, processor, config: EagleConfig) -> None:
     processor.image_processor.save_pretrained(folder)
 
 
-def save_folder(output_dir, processor, *, model=None, config: EagleConfig | None = None, overwrite: bool = False):
-    """Write a Hub-ready folder atomically. Without ``model``, everything but the weights is written."""
+def save_folder(
+    output_dir,
+    processor,
+    *,
+    model=None,
+    config: EagleConfig | None = None,
+    overwrite: bool = False,
+    subfolders: dict[str, Path] | None = None,
+):
+    """Write a Hub-ready folder atomically. Without ``model``, everything but the weights is written.
+    ``subfolders`` (name -> existing folder) are copied in, inside the same atomic move."""
     config = model.config if model is not None else config
     with staged_folder(output_dir, overwrite) as staging:
         write_folder_files(staging, processor, config)
         if model is not None:
             model.generation_config = generation_config_for(processor.tokenizer)
             model.save_pretrained(staging)
+        for name, folder in (subfolders or {}).items():
+            shutil.copytree(folder, staging / name)
     return Path(output_dir)
 
 
@@ -104,7 +115,7 @@ def init_folder(preset: str, output_dir, *, config_only: bool = False, seed: int
 
     tokenizer = build_tokenizer()
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
-    config = eagle_config(preset, image_token_id=image_token_id, vocab_size=_vocab_for(preset, len(tokenizer)))
+    config = eagle_config(preset, image_token_id=image_token_id, vocab_size=vocab_size_for(preset, len(tokenizer)))
     processor = build_processor(config, tokenizer)
     model = None
     if not config_only:
@@ -114,7 +125,7 @@ def init_folder(preset: str, output_dir, *, config_only: bool = False, seed: int
     return save_folder(output_dir, processor, model=model, config=config, overwrite=overwrite)
 
 
-def _vocab_for(preset: str, tokenizer_size: int) -> int | None:
+def vocab_size_for(preset: str, tokenizer_size: int) -> int | None:
     from .presets import PRESETS
 
     preset_vocab = PRESETS[preset]["text"].get("vocab_size")

@@ -113,7 +113,22 @@ class EagleVisionTower(EaglePreTrainedModel):
             {spec["name"]: EXPERT_CLASSES[spec["type"]](spec, attn_implementation=attn) for spec in config.experts}
         )
         self.grid_size = config.grid_size
+        self.frozen_experts: set[str] = set()
         self.post_init()
+
+    def freeze_experts(self, names) -> None:
+        """Freeze these experts (all others become trainable): no gradients, eval mode even while the model
+        trains, and their forward builds no autograd graph."""
+        self.frozen_experts = set(names)
+        for name, expert in self.experts.items():
+            expert.requires_grad_(name not in self.frozen_experts)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for name in self.frozen_experts:
+            self.experts[name].eval()
+        return self
 
     def expert_channels(self) -> dict[str, int]:
         """Channels each expert contributes on the grid (after its pixel_unshuffle)."""
@@ -155,7 +170,8 @@ class EagleVisionTower(EaglePreTrainedModel):
         self.check_pixel_values(pixel_values)
         on_grid = {}
         for (name, expert), pixels in zip(self.experts.items(), pixel_values):
-            on_grid[name] = self.to_grid(expert(pixels), expert.spec["pixel_unshuffle"])
+            with torch.set_grad_enabled(torch.is_grad_enabled() and name not in self.frozen_experts):
+                on_grid[name] = self.to_grid(expert(pixels), expert.spec["pixel_unshuffle"])
         fused = torch.cat(list(on_grid.values()), dim=-1)
         return EagleVisionTowerOutput(
             last_hidden_state=fused, expert_features=on_grid if return_expert_features else None

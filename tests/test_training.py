@@ -1,0 +1,319 @@
+"""The three-stage recipe on TRL's SFTTrainer: what each stage trains, loss, labels, learning rates, stage
+folders, LoRA, multi-process and resume (tiny model, synthetic data, CPU)."""
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from training.callbacks import FrozenWeightsCallback, fingerprint
+from training.recipe import RecipeError, load_recipe, parse_recipe
+from training.runner import build_start, build_trainer, run_recipe
+from training.synth import generate
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+TINY = ROOT / "training" / "recipes" / "tiny.yaml"
+PAPER = ROOT / "training" / "recipes" / "eagle-x5-paper.yaml"
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("synthetic") / "data"
+    generate(folder, n=48, seed=0, image_size=64)
+    return folder
+
+
+def tiny_recipe(data_root, **stage_changes):
+    recipe = load_recipe(TINY)
+    recipe.data_root = str(data_root)
+    for stage in recipe.stages:
+        for key, value in stage_changes.items():
+            setattr(stage, key, value)
+    return recipe
+
+
+@pytest.fixture(scope="session")
+def run(tmp_path_factory, synthetic):
+    output = tmp_path_factory.mktemp("run") / "tiny"
+    recipe = tiny_recipe(synthetic)
+    summaries = run_recipe(recipe, output)
+    initial, _ = build_start(tiny_recipe(synthetic))
+    return {"output": output, "summaries": summaries, "initial": initial.state_dict()}
+
+
+def weights(folder: Path) -> dict:
+    return load_file(folder / "model.safetensors")
+
+
+def changed(before: dict, after: dict, prefix: str) -> tuple[int, int]:
+    """(tensors under prefix that differ, tensors under prefix)."""
+    keys = [k for k in after if k.startswith(prefix)]
+    return sum(not torch.equal(before[k], after[k]) for k in keys), len(keys)
+
+
+EXPERTS = ("clip", "convnext", "sam", "eva02", "pix2struct")
+LLM = ("model.language_model.", "lm_head.")
+
+
+def test_stage1_trains_each_expert_and_leaves_the_llm_bit_for_bit(run):
+    initial, stage1 = run["initial"], weights(run["output"] / "stage1-prealign")
+    for prefix in LLM:
+        moved, total = changed(initial, stage1, prefix)
+        assert total > 0 and moved == 0, prefix
+    for name in EXPERTS:
+        moved, total = changed(initial, stage1, f"model.vision_tower.experts.{name}.")
+        assert moved > total // 2, (name, moved, total)
+        single = weights(run["output"] / "stage1-prealign" / "experts" / name)
+        assert [k for k in single if k.startswith("model.vision_tower.experts.")] == sorted(
+            k for k in single if k.startswith(f"model.vision_tower.experts.{name}.")
+        )
+        for key, value in single.items():  # the pre-aligned expert is the one in the assembled model
+            if key.startswith(("model.vision_tower.", *LLM)):
+                torch.testing.assert_close(value, stage1[key], rtol=0, atol=0)
+        assert single["model.multi_modal_projector.linear_1.weight"].shape[1] == 32  # its own, one-expert projector
+
+
+def test_stage2_trains_only_the_projector(run):
+    stage1, stage2 = weights(run["output"] / "stage1-prealign"), weights(run["output"] / "stage2-align")
+    assert set(stage1) == set(stage2)
+    moved, total = changed(stage1, stage2, "model.multi_modal_projector.")
+    assert moved == total == 4
+    frozen = [k for k in stage2 if not k.startswith("model.multi_modal_projector.")]
+    assert all(torch.equal(stage1[k], stage2[k]) for k in frozen)
+
+
+def test_stage3_trains_everything(run):
+    stage2, stage3 = weights(run["output"] / "stage2-align"), weights(run["output"] / "stage3-sft")
+    for prefix in ("model.multi_modal_projector.", *LLM, *(f"model.vision_tower.experts.{n}." for n in EXPERTS)):
+        moved, total = changed(stage2, stage3, prefix)
+        assert moved > total // 2, (prefix, moved, total)
+
+
+def test_loss_falls_in_every_stage(run):
+    summaries = run["summaries"]
+    curves = [summary["losses"] for summary in summaries["stage1-prealign"].values()]
+    curves += [summaries["stage2-align"]["losses"], summaries["stage3-sft"]["losses"]]
+    for losses in curves:
+        assert len(losses) >= 6
+        assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2, losses
+    assert summaries["stage3-sft"]["tokens_per_second"] > 0
+    table = summaries["stage2-align"]["trainable_parameters"]
+    assert table["projector"] > 0 and table["llm"] == 0 and all(table[f"expert:{n}"] == 0 for n in EXPERTS)
+
+
+def test_every_stage_folder_reloads_with_remote_code_and_generates(run, tmp_path):
+    folders = [run["output"] / name for name in ("stage1-prealign", "stage2-align", "stage3-sft")]
+    folders.append(run["output"] / "stage1-prealign" / "experts" / "sam")
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    for folder in folders:
+        out = subprocess.run(
+            [sys.executable, str(HERE / "remote_load.py"), str(folder), str(tmp_path / f"{folder.name}.pt")],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert out.returncode == 0, (folder, out.stderr[-3000:])
+        assert (tmp_path / f"{folder.name}.pt").is_file()
+
+
+def test_the_labels_the_trainer_sees_cover_assistant_tokens_only(synthetic, processor, tokenizer, tmp_path):
+    from conftest import tiny_model
+
+    recipe = tiny_recipe(synthetic)
+    stage = recipe.stages[2]
+    from training.data import load_data
+
+    dataset = load_data(stage.data.__dict__, recipe.data_dir)
+    trainer = build_trainer(tiny_model(tokenizer), processor, stage, dataset, tmp_path, seed=0)
+    batch = next(iter(trainer.get_train_dataloader()))
+    ids, labels = batch["input_ids"], batch["labels"]
+    image_id = processor.image_token_id
+    assert (ids == image_id).any()
+    assert (labels[ids == image_id] == -100).all()
+    for row in range(ids.shape[0]):
+        supervised = processor.tokenizer.decode(ids[row][labels[row] != -100])
+        assert supervised.strip().endswith("</s>") and "USER" not in supervised and "<image>" not in supervised
+    answers = {r["id"]: r["messages"][-1]["content"][0]["text"] for r in dataset}
+    assert any(answer in processor.tokenizer.decode(ids[0][labels[0] != -100]) for answer in answers.values())
+
+
+def test_per_group_learning_rates_reach_the_optimizer(synthetic, processor, tokenizer, tmp_path):
+    from conftest import tiny_model
+
+    stage = copy.deepcopy(tiny_recipe(synthetic).stages[2])
+    stage.lr = {"vision": 1e-4, "projector": 2e-3, "llm": 3e-5}
+    from training.data import load_data
+
+    dataset = load_data(stage.data.__dict__, tiny_recipe(synthetic).data_dir)
+    model = tiny_model(tokenizer)
+    trainer = build_trainer(model, processor, stage, dataset, tmp_path, seed=0)
+    optimizer = trainer.create_optimizer()
+    by_group = {}
+    for group in optimizer.param_groups:
+        by_group.setdefault(group["group"], set()).add(group["lr"])
+    assert by_group == {"vision": {1e-4}, "projector": {2e-3}, "llm": {3e-5}}
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            name = names[id(parameter)]
+            expected = "vision" if "vision_tower" in name else "projector" if "projector" in name else "llm"
+            assert group["group"] == expected, name
+
+
+def test_frozen_weights_guard_catches_a_moved_weight(tokenizer):
+    from conftest import tiny_model
+
+    model = tiny_model(tokenizer)
+    model.model.language_model.requires_grad_(False)
+    guard = FrozenWeightsCallback()
+    guard.on_train_begin(None, None, None, model=model)
+    guard.on_train_end(None, None, None, model=model)  # nothing moved: passes
+    with torch.no_grad():
+        weight = model.model.language_model.norm.weight
+        weight.view(torch.int32)[0] ^= 1  # flip one bit
+    with pytest.raises(RuntimeError, match="frozen weights moved"):
+        guard.on_train_end(None, None, None, model=model)
+    assert fingerprint(torch.tensor([1.0, 2.0])) != fingerprint(torch.tensor([2.0, 1.0]))
+
+
+def test_lora_stage_saves_loads_and_merges_with_identical_logits(synthetic, tmp_path):
+    from peft import PeftModel
+
+    recipe = tiny_recipe(synthetic)
+    stage = recipe.stages[2]
+    stage.train, stage.max_steps = ["lora", "projector"], 4
+    recipe.stages = [stage]
+    run_recipe(recipe, tmp_path / "lora")
+    adapter = tmp_path / "lora" / "stage3-sft-adapter"
+    merged = tmp_path / "lora" / "stage3-sft"
+    assert (adapter / "adapter_config.json").is_file()
+    adapter_weights = load_file(adapter / "adapter_model.safetensors")
+    assert any("lora_A" in k for k in adapter_weights) and any("multi_modal_projector" in k for k in adapter_weights)
+    assert not any("vision_tower" in k for k in adapter_weights)
+
+    base, processor = build_start(tiny_recipe(synthetic))
+    with_adapter = PeftModel.from_pretrained(base, adapter).eval()
+    merged_model = AutoModelForImageTextToText.from_pretrained(merged).eval()
+    from conftest import chat, make_image
+
+    prompt = processor.apply_chat_template(chat("What colour?"), add_generation_prompt=True)
+    inputs = processor(images=[make_image()], text=[prompt], return_tensors="pt")
+    with torch.no_grad():
+        a = with_adapter(**inputs).logits
+        b = merged_model(**inputs).logits
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert AutoProcessor.from_pretrained(merged).image_token_id == processor.image_token_id
+
+
+def _align_only(synthetic, batch_size: int) -> Path:
+    recipe = yaml.safe_load(TINY.read_text())
+    stage = next(s for s in recipe["stages"] if s["kind"] == "align")
+    stage.update(
+        batch_size=batch_size, max_steps=4, save_steps=100, schedule="constant", warmup_ratio=0.0, shuffle=False
+    )
+    recipe["stages"] = [stage]
+    recipe["data_root"] = str(synthetic)
+    path = synthetic.parent / f"align-{batch_size}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_two_process_run_matches_single_process_with_the_same_global_batch(synthetic, tmp_path):
+    single_recipe, double_recipe = _align_only(synthetic, 4), _align_only(synthetic, 2)
+    run_recipe(load_recipe(single_recipe), tmp_path / "single")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+        str(ROOT / "training" / "accelerate" / "cpu-2proc.yaml"), "-m", "modeling_eagle.cli",
+        "train", str(double_recipe), "--output", str(tmp_path / "double"),
+    ]  # fmt: skip
+    out = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-4000:]
+    single = weights(tmp_path / "single" / "stage2-align")
+    double = weights(tmp_path / "double" / "stage2-align")
+    start, _ = build_start(load_recipe(single_recipe))
+    start = start.state_dict()
+    for key in single:
+        if key.startswith("model.multi_modal_projector."):
+            assert not torch.equal(single[key], start[key])
+            # Same samples per optimizer step; DDP averages per-process mean losses, so allow a small drift.
+            torch.testing.assert_close(double[key], single[key], rtol=0.05, atol=2e-4)
+        else:
+            assert torch.equal(double[key], single[key]), key
+
+
+def test_killed_run_resumes_and_ends_with_the_uninterrupted_weights(synthetic, tmp_path):
+    recipe = tiny_recipe(synthetic)
+    run_recipe(recipe, tmp_path / "straight")
+    killed = tmp_path / "killed"
+    harness = [sys.executable, str(HERE / "train_until_killed.py"), str(TINY), str(killed), str(synthetic)]
+    out = subprocess.run([*harness, "stage3-sft", "6"], capture_output=True, text=True, timeout=900)
+    assert out.returncode == -9, out.stderr[-3000:]  # SIGKILL mid-stage 3, after its step-4 checkpoint
+    assert (killed / "stage2-align" / "config.json").is_file()
+    assert not (killed / "stage3-sft").exists()
+    assert (killed / "checkpoints" / "stage3-sft" / "checkpoint-4" / "trainer_state.json").is_file()
+    resumed = subprocess.run([*harness, "none", "0"], capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0 and "finished" in resumed.stdout, resumed.stderr[-3000:]
+    a, b = weights(tmp_path / "straight" / "stage3-sft"), weights(killed / "stage3-sft")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"stages": []}, "stages: expected a non-empty list"),
+        ({"model": {"preset": "x", "path": "y"}}, "model: expected"),
+        ({"seed": -1}, "seed: expected an integer >= 0"),
+        ({"stages[0].kind": "pretrain"}, r"stages\[0\].kind: expected one of prealign, align, sft"),
+        ({"stages[0].lr": {"vision": "fast"}}, r"stages\[0\].lr.vision: expected a number"),
+        ({"stages[0].lr": {"eyes": 1.0}}, r"stages\[0\].lr.eyes: unknown group"),
+        ({"stages[1].data": {"format": "csv", "path": "x"}}, r"stages\[1\].data.format: expected one of llava, hf"),
+        ({"stages[1].max_steps": 0}, r"stages\[1\].max_steps: expected an integer >= 1"),
+        ({"stages[2].epochs": 1}, r"stages\[2\]: give exactly one of epochs or max_steps"),
+        ({"stages[2].batchsize": 4}, r"stages\[2\]: unknown field\(s\) \['batchsize'\]"),
+        ({"stages[2].warmup_ratio": 1.5}, r"stages\[2\].warmup_ratio: expected a fraction below 1"),
+        ({"stages[1].name": "stage1-prealign"}, r"stages\[1\].name: 'stage1-prealign' is used by an earlier stage"),
+    ],
+)
+def test_bad_recipes_name_the_field(change, message):
+    raw = yaml.safe_load(TINY.read_text())
+    for dotted, value in change.items():
+        if "." in dotted:
+            stage, field = dotted.split(".", 1)
+            raw["stages"][int(stage[7:-1])][field] = value
+        else:
+            raw[dotted] = value
+    with pytest.raises(RecipeError, match=message):
+        parse_recipe(raw, TINY.parent)
+
+
+def test_unknown_module_in_train_is_named(synthetic, tmp_path):
+    recipe = tiny_recipe(synthetic)
+    recipe.stages[1].train = ["projector", "dino"]
+    with pytest.raises(RecipeError, match=r"stages\[1\].train: unknown module\(s\) \['dino'\]"):
+        run_recipe(recipe, tmp_path / "bad")
+
+
+def test_shipped_paper_recipe_has_the_papers_settings():
+    recipe = load_recipe(PAPER)
+    kinds = [stage.kind for stage in recipe.stages]
+    assert kinds == ["prealign", "align", "sft"]
+    align, sft = recipe.stages[1], recipe.stages[2]
+    assert align.lr == {"projector": 1e-3} and align.train == ["projector"]
+    assert align.batch_size * align.grad_accum * 8 == 256 and sft.batch_size * sft.grad_accum * 8 == 128
+    assert set(sft.lr.values()) == {2e-5} and set(sft.train) == {"experts", "projector", "llm"}
+    for stage in recipe.stages:
+        assert stage.schedule == "cosine" and stage.warmup_ratio == 0.03 and stage.weight_decay == 0.0
+        assert stage.bf16 and stage.max_length == 2048

@@ -1,0 +1,133 @@
+"""Trainer callbacks that do a stage's work around TRL's training loop.
+
+- ``StageSetupCallback``: sets what trains (before the optimizer is built) and keeps frozen experts in eval
+  mode without an autograd graph.
+- ``TrainableParametersCallback``: logs trainable / total parameters per module at the start of the stage.
+- ``FrozenWeightsCallback``: fingerprints every frozen tensor at the start and checks, bit for bit, that none
+  moved by the end.
+- ``StageSummaryCallback``: collects loss, tokens/s and timings for the stage summary.
+"""
+
+import time
+
+import torch
+from transformers import TrainerCallback
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+
+def eagle_of(model):
+    """The EagleForConditionalGeneration inside a (possibly PEFT-wrapped) model."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def module_of(name: str) -> str:
+    """A readable module label for a parameter name: ``expert:clip``, ``projector``, ``llm`` or ``lora``."""
+    if "lora_" in name:
+        return "lora"
+    if "vision_tower.experts." in name:
+        return "expert:" + name.split("vision_tower.experts.")[1].split(".")[0]
+    if "multi_modal_projector" in name:
+        return "projector"
+    return "llm"
+
+
+class StageSetupCallback(TrainerCallback):
+    """Applies the stage's ``train`` list: experts (all or by name), ``projector``, ``llm``.
+
+    Under PEFT the adapter decides what of the LLM and projector trains; this callback then only sets experts.
+    """
+
+    def __init__(self, train: list[str]):
+        self.train = set(train)
+
+    def apply(self, model) -> None:
+        eagle = eagle_of(model)
+        peft = eagle is not model
+        tower = eagle.model.vision_tower
+        trainable_experts = set(tower.experts) if "experts" in self.train else self.train & set(tower.experts)
+        tower.freeze_experts(set(tower.experts) - trainable_experts)
+        if not peft:
+            eagle.model.multi_modal_projector.requires_grad_("projector" in self.train)
+            llm_trains = "llm" in self.train
+            eagle.model.language_model.requires_grad_(llm_trains)
+            eagle.lm_head.requires_grad_(llm_trains)
+
+    def on_init_end(self, args, state, control, model=None, **kwargs):
+        self.apply(model)
+
+
+class TrainableParametersCallback(TrainerCallback):
+    def __init__(self):
+        self.table: dict[str, tuple[int, int]] = {}
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        counts: dict[str, list[int]] = {}
+        for name, parameter in model.named_parameters():
+            entry = counts.setdefault(module_of(name), [0, 0])
+            entry[1] += parameter.numel()
+            if parameter.requires_grad:
+                entry[0] += parameter.numel()
+        self.table = {module: tuple(entry) for module, entry in sorted(counts.items())}
+        if state.is_world_process_zero:
+            for module, (trainable, total) in self.table.items():
+                logger.info("  %-20s trainable %12s / %12s", module, f"{trainable:,}", f"{total:,}")
+
+
+def fingerprint(tensor: torch.Tensor, chunk: int = 1 << 24) -> tuple[int, int]:
+    """An exact fingerprint of a tensor's bits: a plain and a position-weighted sum of its raw bytes, computed
+    in chunks so a 7B LLM needs no copy of itself."""
+    raw = tensor.detach().contiguous().view(-1).view(torch.uint8)
+    total = weighted = 0
+    for start in range(0, raw.numel(), chunk):
+        part = raw[start : start + chunk].to(torch.int64)
+        weights = torch.arange(start, start + part.numel(), device=raw.device, dtype=torch.int64) % 65521 + 1
+        total += int(part.sum())
+        weighted += int((part * weights).sum())
+    return total, weighted
+
+
+class FrozenWeightsCallback(TrainerCallback):
+    """Checks at the end of the stage that no frozen tensor changed; raises if one did."""
+
+    def __init__(self):
+        self.before: dict[str, tuple[int, int]] = {}
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.before = {n: fingerprint(p) for n, p in model.named_parameters() if not p.requires_grad}
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        params = dict(model.named_parameters())
+        moved = [name for name, print_ in self.before.items() if fingerprint(params[name]) != print_]
+        if moved:
+            raise RuntimeError(f"frozen weights moved during the stage: {moved[:10]} ({len(moved)} in all)")
+        logger.info("frozen weights unchanged: %d tensors checked bit for bit", len(self.before))
+
+
+class StageSummaryCallback(TrainerCallback):
+    def __init__(self):
+        self.losses: list[float] = []
+        self.tokens = 0
+        self.started = 0.0
+        self.seconds = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.losses.append(float(logs["loss"]))
+        if logs and "num_tokens" in logs:
+            self.tokens = int(logs["num_tokens"])
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.seconds = time.perf_counter() - self.started
+
+    def summary(self) -> dict:
+        return {
+            "losses": self.losses,
+            "tokens": self.tokens,
+            "tokens_per_second": self.tokens / self.seconds if self.seconds else None,
+            "seconds": self.seconds,
+        }

@@ -1,0 +1,20 @@
+"""The data path's loss mask: assistant tokens only, never image tokens.
+
+TRL computes the loss through the base model and ``lm_head`` (HF-STACK.md §5.3), not through the model's
+forward, so the mask must be in the labels the collator makes.
+"""
+
+from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+
+class EagleDataCollator(DataCollatorForVisionLanguageModeling):
+    """TRL's vision-language collator with ``assistant_only_loss`` plus image tokens masked out of the labels."""
+
+    def torch_call(self, examples):
+        batch = super().torch_call(examples)
+        batch["labels"][batch["input_ids"] == self.processor.image_token_id] = -100
+        return batch
+
+
+def make_collator(processor, max_length=None) -> EagleDataCollator:
+    return EagleDataCollator(processor=processor, max_length=max_length, assistant_only_loss=True)

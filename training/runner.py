@@ -1,0 +1,258 @@
+"""One runner for every recipe: builds the model, then runs each stage with TRL's SFTTrainer on the same model.
+
+Stage kinds:
+- ``prealign``: each expert alone, with its own fresh projector, against the frozen LLM (the LLM and the
+  expert's modules are shared with the full model, so training moves the full model's expert in place). Each
+  pre-aligned expert is saved as a single-expert Eagle under ``<stage>/experts/<name>``. The fused projector
+  of the next stage then starts fresh.
+- ``align`` / ``sft``: the full model, training what the stage's ``train`` list says.
+
+Every stage ends with a Hub-ready folder ``<output>/<stage name>`` (written atomically, so its presence marks
+the stage complete). ``resume=True`` skips complete stages, loading their folder, and continues the current
+stage from its last complete checkpoint in ``<output>/checkpoints/<stage name>``.
+"""
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers.utils import logging
+from trl import SFTConfig
+
+from modeling_eagle.hub_folder import build_processor, save_folder
+from modeling_eagle.modeling_eagle import EagleForConditionalGeneration, EagleMultiModalProjector
+
+from .callbacks import (
+    FrozenWeightsCallback,
+    StageSetupCallback,
+    StageSummaryCallback,
+    TrainableParametersCallback,
+    eagle_of,
+)
+from .collator import make_collator
+from .recipe import Recipe, Stage, check_trainable_names, load_recipe
+from .trainer import EagleSFTTrainer
+
+logger = logging.get_logger(__name__)
+
+
+def build_start(recipe: Recipe):
+    """The model and processor a recipe starts from: a preset (random, local tokenizer) or a folder."""
+    spec = recipe.model
+    dtype = getattr(torch, spec.get("dtype", "float32"))
+    if "path" in spec:
+        path = recipe.resolve(spec["path"])
+        return (
+            AutoModelForImageTextToText.from_pretrained(path, dtype=dtype),
+            AutoProcessor.from_pretrained(path),
+        )
+    from modeling_eagle.hub_folder import vocab_size_for
+    from modeling_eagle.presets import eagle_config
+    from processing.local_tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer(spec.get("tokenizer_corpus"))
+    config = eagle_config(
+        spec["preset"],
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vocab_size=vocab_size_for(spec["preset"], len(tokenizer)),
+        **spec.get("overrides", {}),
+    )
+    torch.manual_seed(recipe.seed)
+    return EagleForConditionalGeneration(config).to(dtype), build_processor(config, tokenizer)
+
+
+def stage_arguments(stage: Stage, output_dir: Path, seed: int) -> SFTConfig:
+    use_cpu = not torch.cuda.is_available()
+    return SFTConfig(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=stage.batch_size,
+        gradient_accumulation_steps=stage.grad_accum,
+        learning_rate=max(stage.lr.values()) if stage.lr else 1e-4,
+        lr_scheduler_type=stage.schedule,
+        warmup_steps=stage.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        weight_decay=stage.weight_decay,
+        num_train_epochs=stage.epochs if stage.epochs is not None else 1,
+        max_steps=stage.max_steps if stage.max_steps is not None else -1,
+        seed=seed,
+        data_seed=seed,
+        bf16=stage.bf16,
+        gradient_checkpointing=stage.gradient_checkpointing,
+        max_length=stage.max_length,
+        assistant_only_loss=True,
+        save_strategy="steps",
+        save_steps=stage.save_steps,
+        save_total_limit=2,
+        logging_steps=stage.logging_steps,
+        report_to="none",
+        use_cpu=use_cpu,
+        dataloader_pin_memory=not use_cpu,
+        remove_unused_columns=False,
+        train_sampling_strategy="random" if stage.shuffle else "sequential",
+        disable_tqdm=False,
+    )
+
+
+def last_checkpoint(folder: Path) -> str | None:
+    """The newest checkpoint that finished writing (its trainer_state.json is written last)."""
+    if not folder.is_dir():
+        return None
+    done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return str(max(done, key=lambda p: int(p.name.split("-")[-1]))) if done else None
+
+
+def build_trainer(model, processor, stage: Stage, dataset, checkpoints: Path, seed: int) -> EagleSFTTrainer:
+    """The stage's SFTTrainer: per-group learning rates, the stage callbacks, LoRA when the stage asks for it."""
+    peft_config = None
+    if stage.lora is not None:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=stage.lora.r,
+            lora_alpha=stage.lora.alpha,
+            lora_dropout=stage.lora.dropout,
+            task_type="CAUSAL_LM",
+            target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
+            modules_to_save=["multi_modal_projector"] if "projector" in stage.train else None,
+        )
+    return EagleSFTTrainer(
+        model=model,
+        args=stage_arguments(stage, checkpoints, seed),
+        train_dataset=dataset,
+        processing_class=processor,
+        data_collator=make_collator(processor, stage.max_length),
+        callbacks=[
+            StageSetupCallback(stage.train),
+            TrainableParametersCallback(),
+            FrozenWeightsCallback(),
+            StageSummaryCallback(),
+        ],
+        peft_config=peft_config,
+        group_lr=stage.lr,
+    )
+
+
+def train_stage(model, processor, stage: Stage, dataset, checkpoints: Path, recipe: Recipe, resume: bool) -> dict:
+    """Train ``model`` for one stage; returns its summary (and the trainer, under ``"trainer"``)."""
+    trainer = build_trainer(model, processor, stage, dataset, checkpoints, recipe.seed)
+    trainer.train(resume_from_checkpoint=last_checkpoint(checkpoints) if resume else None)
+    trainer.accelerator.wait_for_everyone()
+    summary = trainer.callback_handler.callbacks
+    stage_summary = next(c for c in summary if isinstance(c, StageSummaryCallback)).summary()
+    table = next(c for c in summary if isinstance(c, TrainableParametersCallback)).table
+    return {
+        **stage_summary,
+        "trainable_parameters": {module: counts[0] for module, counts in table.items()},
+        "steps": trainer.state.global_step,
+        "trainer": trainer,
+    }
+
+
+def single_expert_model(model: EagleForConditionalGeneration, name: str) -> EagleForConditionalGeneration:
+    """A one-expert Eagle sharing ``name``'s expert, the LLM and the head with ``model``; its projector is new."""
+    config = copy.deepcopy(model.config)
+    config.vision_config.experts = [s for s in config.vision_config.experts if s["name"] == name]
+    with torch.device("meta"):
+        single = EagleForConditionalGeneration(config)
+    single.model.vision_tower.experts[name] = model.model.vision_tower.experts[name]
+    single.model.language_model = model.model.language_model
+    single.lm_head = model.lm_head
+    tower = single.model.vision_tower
+    single.model.multi_modal_projector = EagleMultiModalProjector(
+        tower.hidden_size, config.text_config.hidden_size, config.projector_type
+    ).to(model.dtype)
+    return single
+
+
+def is_main_process() -> bool:
+    """Only the main process writes folders under ``accelerate launch``; the others keep training in step."""
+    return PartialState().is_main_process
+
+
+def run_prealign(model, processor, stage, dataset_for, output: Path, recipe: Recipe, resume: bool) -> dict:
+    summaries = {}
+    # Each pre-aligned expert is saved as soon as it is done (resume skips it); the stage folder copies them in.
+    experts_dir = output / "checkpoints" / stage.name / "experts"
+    for name in list(model.model.vision_tower.experts):
+        expert_dir = experts_dir / name
+        single = single_expert_model(model, name)
+        single_processor = build_processor(single.config, copy.deepcopy(processor.tokenizer))
+        single_processor.chat_template = processor.chat_template
+        if resume and (expert_dir / "config.json").is_file():
+            done = AutoModelForImageTextToText.from_pretrained(expert_dir, dtype=model.dtype)
+            model.model.vision_tower.experts[name].load_state_dict(done.model.vision_tower.experts[name].state_dict())
+            logger.info("stage %s: expert %s already pre-aligned, loaded", stage.name, name)
+            continue
+        logger.info("stage %s: pre-aligning expert %s", stage.name, name)
+        expert_stage = copy.copy(stage)
+        expert_stage.train = [name, "projector"]
+        result = train_stage(
+            single, single_processor, expert_stage, dataset_for(stage), experts_dir.parent / name, recipe, resume
+        )
+        result.pop("trainer")
+        if is_main_process():
+            save_folder(expert_dir, single_processor, model=single, overwrite=True)
+        summaries[name] = result
+    # The fused projector of the next stage starts fresh (EAGLE-X5.md §5).
+    fused = model.model.multi_modal_projector
+    for layer in (fused.linear_1, getattr(fused, "linear_2", None)):
+        if layer is not None:
+            layer.reset_parameters()
+    return summaries
+
+
+def run_recipe(recipe, output_dir, resume: bool = False, dataset_loader=None) -> dict:
+    """Run every stage of ``recipe`` (a path or a Recipe) into ``output_dir``; returns the per-stage summary."""
+    recipe = load_recipe(recipe) if not isinstance(recipe, Recipe) else recipe
+    output = Path(output_dir)
+    if output.exists() and any(output.iterdir()) and not resume:
+        raise FileExistsError(f"{output} is not empty; pass --resume to continue a run, or choose another output")
+    output.mkdir(parents=True, exist_ok=True)
+    if dataset_loader is None:
+        from .data import load_data
+
+        def dataset_loader(stage):
+            return load_data(stage.data.__dict__, recipe.data_dir)
+
+    cache = {}
+
+    def dataset_for(stage):
+        key = json.dumps(stage.data.__dict__, sort_keys=True)
+        if key not in cache:
+            cache[key] = dataset_loader(stage)
+        return cache[key]
+
+    model, processor = build_start(recipe)
+    check_trainable_names(recipe, list(model.model.vision_tower.experts))
+    summaries = {}
+    for stage in recipe.stages:
+        stage_dir = output / stage.name
+        if resume and (stage_dir / "config.json").is_file():
+            logger.info("stage %s is complete; loading %s", stage.name, stage_dir)
+            model = AutoModelForImageTextToText.from_pretrained(stage_dir, dtype=model.dtype)
+            processor = AutoProcessor.from_pretrained(stage_dir)
+            continue
+        logger.info("stage %s (%s): training %s", stage.name, stage.kind, ", ".join(stage.train))
+        subfolders = None
+        if stage.kind == "prealign":
+            summaries[stage.name] = run_prealign(model, processor, stage, dataset_for, output, recipe, resume)
+            subfolders = {"experts": output / "checkpoints" / stage.name / "experts"}
+        else:
+            result = train_stage(
+                model, processor, stage, dataset_for(stage), output / "checkpoints" / stage.name, recipe, resume
+            )
+            trainer = result.pop("trainer")
+            if stage.lora is not None:
+                peft_model = trainer.model
+                if is_main_process():
+                    peft_model.save_pretrained(stage_dir.with_name(stage.name + "-adapter"))
+                model = peft_model.merge_and_unload()
+            summaries[stage.name] = result
+        model = eagle_of(model)
+        model.config.use_cache = model.config.text_config.use_cache = True  # TRL turns it off to train
+        if is_main_process():
+            save_folder(stage_dir, processor, model=model, overwrite=True, subfolders=subfolders)
+            (output / "summary.json").write_text(json.dumps(summaries, indent=2, default=str))
+    return summaries

@@ -1,0 +1,382 @@
+"""A synthetic visual question-answering and captioning dataset with exact answers, for smoke-training Eagle.
+
+Each image shows 1-3 coloured shapes (distinct shapes, distinct colours) in a 3x2 grid of slots on a light
+background and, in about half the images, a rendered word or number in a band at the bottom. Because every shape
+and colour appears at most once per image, every question has exactly one short answer:
+
+* ``colour``   -- "What colour is the circle?" -> "red"
+* ``shape``    -- "What shape is the red object?" -> "circle"
+* ``count``    -- "How many shapes are there?" -> "2"
+* ``position`` -- "Is the red circle on the left or the right?" -> "left" (asked only about shapes that lie wholly
+  in the left or the right third of the image)
+* ``word``     -- "What word is written in the image?" -> "apple" ("What number ..." for digit strings)
+
+``generate`` writes the same records in two formats:
+
+* the authors' LLaVA JSON (``sft.json``, ``captions.json``, ``sft_heldout.json``) with ``images/xxxxx.png``;
+* Hugging Face ``datasets`` folders (``hf/sft``, ``hf/captions``, ``hf/sft_heldout``) in TRL's vision-language
+  format (``images`` + ``messages``), with ``type`` and ``answer`` columns for evaluation.
+
+``metadata.json`` records what was drawn where (shape centres and boxes, text box) and ``manifest.json`` the counts.
+Everything is deterministic given the seed: the same arguments give byte-identical JSON and PNG files.
+"""
+
+import argparse
+import io
+import json
+import math
+import random
+import shutil
+from collections import Counter
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "green": (30, 160, 60),
+    "blue": (30, 70, 220),
+    "yellow": (240, 200, 0),
+    "orange": (245, 130, 0),
+    "purple": (140, 50, 190),
+    "pink": (245, 105, 180),
+    "brown": (130, 80, 30),
+}
+
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "diamond")
+
+# Short common words; none is a shape or colour name, so a word never reads as an answer to another question.
+WORDS: tuple[str, ...] = (
+    "apple", "bird", "boat", "book", "bread", "bus", "cake", "cat", "chair", "cloud",
+    "cup", "dance", "dog", "door", "egg", "fish", "frog", "garden", "goat", "happy",
+    "hat", "horse", "house", "juice", "key", "kite", "lamp", "leaf", "lemon", "map",
+    "milk", "moon", "music", "night", "nose", "ocean", "owl", "paper", "pen", "piano",
+    "queen", "rain", "river", "road", "sea", "ship", "smile", "snow", "sock", "sun",
+    "table", "tea", "tiger", "toy", "train", "tree", "water", "wind", "wolf", "zebra",
+)  # fmt: skip
+
+QUESTION_TYPES: tuple[str, ...] = ("colour", "shape", "count", "position", "word")
+
+TEXT_COLOUR = (20, 20, 20)
+_COLUMNS, _ROWS = 3, 2
+_SHAPE_REGION = 0.72  # shapes live in the top 72% of the image, text in the band below
+
+
+def _regular_polygon(cx: float, cy: float, radius: float, points: int, inner: float | None = None, rotation=-90):
+    vertices = []
+    step = 360 / points
+    for i in range(points):
+        angle = math.radians(rotation + i * step)
+        vertices.append((cx + radius * math.cos(angle), cy + radius * math.sin(angle)))
+        if inner is not None:
+            angle = math.radians(rotation + i * step + step / 2)
+            vertices.append((cx + inner * radius * math.cos(angle), cy + inner * radius * math.sin(angle)))
+    return vertices
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], rgb) -> None:
+    x0, y0, x1, y1 = box
+    cx, cy, r = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2
+    if shape == "circle":
+        draw.ellipse(box, fill=rgb)
+    elif shape == "square":
+        inset = round(r * 0.1)
+        draw.rectangle((x0 + inset, y0 + inset, x1 - inset, y1 - inset), fill=rgb)
+    elif shape == "triangle":  # apex up, base at the bottom; the box centre is inside
+        draw.polygon([(cx, y0), (x1, y1), (x0, y1)], fill=rgb)
+    elif shape == "star":
+        draw.polygon(_regular_polygon(cx, cy, r, 5, inner=0.45), fill=rgb)
+    elif shape == "diamond":
+        draw.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=rgb)
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+
+
+def _render_text(text: str, max_width: int, max_height: int, scale: int) -> Image.Image:
+    """``text`` in Pillow's built-in bitmap font, upscaled with NEAREST: crisp, binary and identical everywhere."""
+    font = ImageFont.load_default_imagefont()
+    left, top, right, bottom = font.getbbox(text)
+    small = Image.new("L", (right - left, bottom - top), 0)
+    ImageDraw.Draw(small).text((-left, -top), text, fill=255, font=font)
+    scale = max(1, min(scale, max_width // small.width, max_height // small.height))
+    return small.resize((small.width * scale, small.height * scale), Image.NEAREST)
+
+
+def _describe(shape: dict) -> str:
+    return f"{shape['colour']} {shape['shape']}"
+
+
+def _caption(shapes: list[dict], text: dict | None) -> str:
+    names = [f"a {_describe(s)}" for s in shapes]
+    body = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    caption = body[0].upper() + body[1:] + "."
+    if text is not None:
+        caption += f" The {text['kind']} '{text['value']}' is written in the picture."
+    return caption
+
+
+def draw_image(rng: random.Random, image_size: int) -> tuple[Image.Image, dict]:
+    """One random image and its metadata (shapes left to right, then top to bottom; the text, if any)."""
+    size = image_size
+    background = tuple(rng.randint(232, 255) for _ in range(3))
+    image = Image.new("RGB", (size, size), background)
+    draw = ImageDraw.Draw(image)
+
+    n_shapes = rng.randint(1, 3)
+    slots = sorted(rng.sample([(c, r) for c in range(_COLUMNS) for r in range(_ROWS)], n_shapes))
+    kinds = rng.sample(SHAPES, n_shapes)
+    colours = rng.sample(sorted(COLOURS), n_shapes)
+    cell_w, cell_h = size / _COLUMNS, size * _SHAPE_REGION / _ROWS
+    gap = max(2, size // 40)
+    shapes = []
+    for (column, row), kind, colour in zip(slots, kinds, colours):
+        extent = int(min(cell_w, cell_h) - 2 * gap)
+        side = rng.randint(max(6, int(extent * 0.6)), max(6, extent))
+        x0 = int(column * cell_w) + gap + rng.randint(0, max(0, int(cell_w) - 2 * gap - side))
+        y0 = int(row * cell_h) + gap + rng.randint(0, max(0, int(cell_h) - 2 * gap - side))
+        box = (x0, y0, x0 + side, y0 + side)
+        _draw_shape(draw, kind, box, COLOURS[colour])
+        shapes.append(
+            {
+                "shape": kind,
+                "colour": colour,
+                "rgb": list(COLOURS[colour]),
+                "box": list(box),
+                "center": [(box[0] + box[2]) // 2, (box[1] + box[3]) // 2],
+                "position": ("left", "middle", "right")[column],
+            }
+        )
+
+    text = None
+    if rng.random() < 0.5:
+        if rng.random() < 0.7:
+            kind, value = "word", rng.choice(WORDS)
+        else:  # 2-4 digits, no leading zero
+            digits = rng.randint(2, 4)
+            kind, value = "number", str(rng.randint(10 ** (digits - 1), 10**digits - 1))
+        band_top = int(size * (_SHAPE_REGION + 0.03))
+        band_height = size - band_top - gap
+        glyphs = _render_text(value, size - 2 * gap, band_height, scale=max(1, size // 56))
+        x = gap + rng.randint(0, size - 2 * gap - glyphs.width)
+        y = band_top + rng.randint(0, band_height - glyphs.height)
+        image.paste(TEXT_COLOUR, (x, y, x + glyphs.width, y + glyphs.height), glyphs)
+        text = {"kind": kind, "value": value, "box": [x, y, x + glyphs.width, y + glyphs.height]}
+
+    return image, {"background": list(background), "shapes": shapes, "text": text}
+
+
+def _questions(meta: dict) -> dict[str, tuple[str, str]]:
+    """Every applicable question type -> (question, answer), with a random referent where there is a choice."""
+    shapes, text = meta["shapes"], meta["text"]
+    questions = {}
+    if shapes:
+        s = shapes[meta["_pick"] % len(shapes)]
+        questions["colour"] = (f"What colour is the {s['shape']}?", s["colour"])
+        questions["shape"] = (f"What shape is the {s['colour']} object?", s["shape"])
+        questions["count"] = ("How many shapes are there?", str(len(shapes)))
+        sided = [s for s in shapes if s["position"] in ("left", "right")]
+        if sided:
+            s = sided[meta["_pick"] % len(sided)]
+            questions["position"] = (f"Is the {_describe(s)} on the left or the right?", s["position"])
+    if text is not None:
+        questions["word"] = (f"What {text['kind']} is written in the image?", text["value"])
+    return questions
+
+
+def _pick_types(rng: random.Random, available: list[str], counts: Counter, k: int) -> list[str]:
+    """The ``k`` least-used available types so far (ties broken at random): keeps the types balanced."""
+    order = sorted(available, key=lambda t: (counts[t], rng.random()))
+    chosen = order[:k]
+    counts.update(chosen)
+    return chosen
+
+
+def _llava_record(record_id: str, image: str, question: str, answer: str, **extra) -> dict:
+    """One LLaVA record; an empty question gives the pretraining (caption) style ``"<image>\\n"`` human turn."""
+    return {
+        "id": record_id,
+        "image": image,
+        "conversations": [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}],
+        **extra,
+    }
+
+
+def _hf_row(record_id: str, png: bytes, image: str, question: str | None, answer: str, kind: str) -> dict:
+    user = [{"type": "image", "text": None}]
+    if question:
+        user.append({"type": "text", "text": question})
+    return {
+        "id": record_id,
+        "images": [{"bytes": png, "path": image}],
+        "messages": [
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": [{"type": "text", "text": answer}]},
+        ],
+        "type": kind,
+        "answer": answer,
+    }
+
+
+def _hf_features():
+    from datasets import Features, List, Value
+    from datasets import Image as ImageFeature
+
+    block = {"type": Value("string"), "text": Value("string")}
+    return Features(
+        {
+            "id": Value("string"),
+            "images": List(ImageFeature(mode="RGB")),
+            "messages": List({"role": Value("string"), "content": List(block)}),
+            "type": Value("string"),
+            "answer": Value("string"),
+        }
+    )
+
+
+_OUTPUTS = ("images", "hf", "sft.json", "captions.json", "sft_heldout.json", "metadata.json", "manifest.json")
+
+
+def generate(
+    output_dir,
+    n: int = 1000,
+    seed: int = 0,
+    image_size: int = 128,
+    held_out: float = 0.1,
+    questions_per_image: int = 2,
+    overwrite: bool = False,
+) -> dict:
+    """Draw ``n`` images into ``output_dir`` and write the captioning and question-answering splits in both formats.
+
+    Args:
+        output_dir: folder to write into (created if missing).
+        n: number of images; the last ``round(n * held_out)`` are held out (questions only, no captions).
+        seed: everything is a function of the seed.
+        image_size: side of the square images, in pixels (>= 48).
+        held_out: fraction of images whose questions go to ``sft_heldout`` (disjoint images).
+        questions_per_image: question records per image, each of a different type (fewer if fewer apply).
+        overwrite: replace the outputs of an earlier run in ``output_dir`` instead of raising.
+
+    Returns:
+        The manifest (also written to ``manifest.json``): records, images and per-type counts per split.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if image_size < 48:
+        raise ValueError(f"image_size must be >= 48 pixels, got {image_size}")
+    if not 0 <= held_out < 1:
+        raise ValueError(f"held_out must be in [0, 1), got {held_out}")
+    if questions_per_image < 1:
+        raise ValueError(f"questions_per_image must be >= 1, got {questions_per_image}")
+    output_dir = Path(output_dir)
+    existing = [name for name in _OUTPUTS if (output_dir / name).exists()]
+    if existing:
+        if not overwrite:
+            raise FileExistsError(f"{output_dir} already holds {existing}; pass overwrite=True (--force) to replace")
+        for name in existing:
+            path = output_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    (output_dir / "images").mkdir(parents=True, exist_ok=True)
+
+    n_held_out = round(n * held_out)
+    if held_out > 0 and n_held_out == 0 and n > 1:
+        n_held_out = 1
+    n_train = n - n_held_out
+
+    rng = random.Random(seed)
+    type_counts = {"train": Counter(), "held_out": Counter()}
+    llava = {"sft": [], "captions": [], "sft_heldout": []}
+    hf_rows = {"sft": [], "captions": [], "sft_heldout": []}
+    metadata = []
+    for index in range(n):
+        split = "train" if index < n_train else "held_out"
+        image, meta = draw_image(rng, image_size)
+        name = f"images/{index:05d}.png"
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        png = buffer.getvalue()
+        (output_dir / name).write_bytes(png)
+
+        meta["_pick"] = rng.randrange(6)
+        questions = _questions(meta)
+        del meta["_pick"]
+        metadata.append({"image": name, "split": split, **meta})
+
+        stem = f"{index:05d}"
+        if split == "train":
+            caption = _caption(meta["shapes"], meta["text"])
+            llava["captions"].append(_llava_record(f"cap-{stem}", name, "", caption))
+            hf_rows["captions"].append(_hf_row(f"cap-{stem}", png, name, None, caption, "caption"))
+        target = "sft" if split == "train" else "sft_heldout"
+        for kind in _pick_types(rng, sorted(questions), type_counts[split], questions_per_image):
+            question, answer = questions[kind]
+            record_id = f"{kind}-{stem}"
+            llava[target].append(_llava_record(record_id, name, question, answer, type=kind))
+            hf_rows[target].append(_hf_row(record_id, png, name, question, answer, kind))
+
+    for split, records in llava.items():
+        _write_json(output_dir / f"{split}.json", records)
+    _write_json(output_dir / "metadata.json", metadata)
+
+    from datasets import Dataset
+
+    features = _hf_features()
+    for split, rows in hf_rows.items():
+        Dataset.from_list(rows, features=features).save_to_disk(str(output_dir / "hf" / split))
+
+    manifest = {
+        "seed": seed,
+        "image_size": image_size,
+        "n_images": n,
+        "questions_per_image": questions_per_image,
+        "splits": {
+            split: {
+                "records": len(records),
+                "images": len({r["image"] for r in records}),
+                "types": dict(sorted(Counter(r.get("type", "caption") for r in records).items())),
+                "llava": f"{split}.json",
+                "hf": f"hf/{split}",
+            }
+            for split, records in llava.items()
+        },
+    }
+    _write_json(output_dir / "manifest.json", manifest)
+    logger.info(
+        "Wrote %d images to %s: %s",
+        n,
+        output_dir,
+        ", ".join(f"{k} {v['records']} records" for k, v in manifest["splits"].items()),
+    )
+    return manifest
+
+
+def _write_json(path: Path, data) -> None:
+    path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Generate the synthetic shapes/words dataset (LLaVA JSON + HF).")
+    parser.add_argument("output_dir")
+    parser.add_argument("--n", type=int, default=1000, help="number of images")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--held-out", type=float, default=0.1)
+    parser.add_argument("--questions-per-image", type=int, default=2)
+    parser.add_argument("--force", action="store_true", help="replace an earlier run's outputs")
+    args = parser.parse_args(argv)
+    manifest = generate(
+        args.output_dir,
+        n=args.n,
+        seed=args.seed,
+        image_size=args.image_size,
+        held_out=args.held_out,
+        questions_per_image=args.questions_per_image,
+        overwrite=args.force,
+    )
+    print(json.dumps(manifest["splits"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
