@@ -83,10 +83,8 @@ def _cmd_convert(args) -> None:
 
 
 def _cmd_train(args) -> None:
-    import json
-
     from training.recipe import RecipeError, load_recipe
-    from training.runner import run_recipe
+    from training.runner import format_summary, run_recipe
 
     try:
         recipe = load_recipe(args.recipe)
@@ -95,9 +93,8 @@ def _cmd_train(args) -> None:
         summaries = run_recipe(recipe, args.output, resume=args.resume)
     except (RecipeError, FileExistsError, FileNotFoundError) as error:
         raise UserError(str(error)) from error
-    for stage, summary in summaries.items():
-        print(f"{stage}: {json.dumps(summary, default=str)}")
-    print(f"stage folders under {args.output}")
+    print(format_summary(summaries))
+    print(f"stage folders under {args.output}; summary.json has the full numbers")
 
 
 def _cmd_data_synth(args) -> None:

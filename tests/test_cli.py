@@ -3,11 +3,14 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import make_image
 
 from modeling_eagle.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args, cwd=None):
@@ -80,6 +83,30 @@ def test_user_errors_are_one_line_with_status_2(args, message, tmp_path):
     assert out.returncode == 2
     assert message in out.stderr and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_data_synth_and_train_from_the_command_line(tmp_path, capsys):
+    import yaml
+
+    data = tmp_path / "data"
+    assert main(["data", "synth", "--output", str(data), "--n", "16", "--seed", "1"]) == 0
+    assert (data / "sft.json").is_file() and (data / "hf" / "captions").is_dir()
+    recipe = yaml.safe_load((ROOT / "training" / "recipes" / "tiny.yaml").read_text())
+    recipe["stages"] = recipe["stages"][1:2]  # projector alignment only, to keep it short
+    recipe["stages"][0]["max_steps"] = 2
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    capsys.readouterr()
+    assert main(["train", str(path), "--output", str(tmp_path / "run"), "--data-root", str(data)]) == 0
+    printed = capsys.readouterr().out
+    assert "stage2-align" in printed and "projector 14,464" in printed and "tokens/s" in printed
+    assert (tmp_path / "run" / "stage2-align" / "model.safetensors").is_file()
+    out = run_cli("train", str(path), "--output", str(tmp_path / "run"), "--data-root", str(data))
+    assert out.returncode == 2 and "not empty" in out.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {preset: eagle-x5-tiny}\nstages: [{name: s, kind: magic}]\n")
+    out = run_cli("train", str(bad), "--output", str(tmp_path / "other"))
+    assert out.returncode == 2 and "stages[0]" in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
 def test_existing_output_and_bad_image_are_user_errors(tmp_path, saved_folder):

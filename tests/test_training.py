@@ -81,6 +81,44 @@ def test_stage1_trains_each_expert_and_leaves_the_llm_bit_for_bit(run):
         assert single["model.multi_modal_projector.linear_1.weight"].shape[1] == 32  # its own, one-expert projector
 
 
+def test_stage1_leaves_a_fresh_fused_projector_for_stage2(run):
+    initial, stage1 = run["initial"], weights(run["output"] / "stage1-prealign")
+    moved, total = changed(initial, stage1, "model.multi_modal_projector.")
+    assert moved == total == 4  # re-initialised, not trained: the per-expert projectors live in experts/
+
+
+def test_frozen_experts_stay_in_eval_mode_and_build_no_graph(synthetic, processor, tokenizer, tmp_path):
+    from conftest import tiny_model
+    from transformers import TrainerCallback
+
+    from training.data import load_data
+
+    recipe = tiny_recipe(synthetic)
+    stage = copy.deepcopy(recipe.stages[1])  # align: everything but the projector frozen
+    stage.max_steps = 2
+    model = tiny_model(tokenizer)
+    seen = []
+
+    def record_graph(module, inputs, output):
+        seen.append((module.training, output.requires_grad))
+
+    hooks = [expert.register_forward_hook(record_graph) for expert in model.model.vision_tower.experts.values()]
+
+    class Probe(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            seen.append(("model.training", model.training))
+
+    trainer = build_trainer(model, processor, stage, load_data(stage.data.__dict__, recipe.data_dir), tmp_path, 0)
+    trainer.add_callback(Probe())
+    trainer.train()
+    for hook in hooks:
+        hook.remove()
+    expert_calls = [entry for entry in seen if entry[0] != "model.training"]
+    assert len(expert_calls) == 2 * 5
+    assert all(training is False and grad is False for training, grad in expert_calls)
+    assert ("model.training", True) in seen  # the rest of the model did train
+
+
 def test_stage2_trains_only_the_projector(run):
     stage1, stage2 = weights(run["output"] / "stage1-prealign"), weights(run["output"] / "stage2-align")
     assert set(stage1) == set(stage2)

@@ -203,6 +203,25 @@ def run_prealign(model, processor, stage, dataset_for, output: Path, recipe: Rec
     return summaries
 
 
+def format_summary(summaries: dict) -> str:
+    """One line per trained unit: loss first -> last, tokens/s, trainable parameters by module."""
+    lines = [f"{'stage':<28} {'loss':>17} {'tokens/s':>9}  trainable parameters"]
+
+    def line(label, summary):
+        losses = summary.get("losses") or [float("nan")]
+        trainable = ", ".join(f"{m} {n:,}" for m, n in summary.get("trainable_parameters", {}).items() if n)
+        speed = summary.get("tokens_per_second") or 0.0
+        lines.append(f"{label:<28} {losses[0]:>7.3f} -> {losses[-1]:<7.3f} {speed:>9.0f}  {trainable}")
+
+    for stage, summary in summaries.items():
+        if "losses" in summary:
+            line(stage, summary)
+        else:  # pre-alignment: one run per expert
+            for expert, expert_summary in summary.items():
+                line(f"{stage}/{expert}", expert_summary)
+    return "\n".join(lines)
+
+
 def run_recipe(recipe, output_dir, resume: bool = False, dataset_loader=None) -> dict:
     """Run every stage of ``recipe`` (a path or a Recipe) into ``output_dir``; returns the per-stage summary."""
     recipe = load_recipe(recipe) if not isinstance(recipe, Recipe) else recipe
