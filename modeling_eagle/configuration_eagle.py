@@ -17,6 +17,9 @@ PROJECTOR_TYPES = ("linear", "mlp2x_gelu")
 MAX_GRID_SIZE = 128
 MAX_IMAGE_SIZE = 4096
 MAX_PATCHES = 16384
+# Any size in an expert's or the LLM's architecture above this is a typo, not a model.
+MAX_ARCH_VALUE = 1 << 20
+TEXT_LIMITS = {"vocab_size": 1 << 22, "hidden_size": 1 << 16, "intermediate_size": 1 << 18, "num_hidden_layers": 1024}
 
 
 def _check(condition: bool, message: str) -> None:
@@ -45,6 +48,13 @@ def validate_expert_spec(spec: dict, index: int) -> dict:
     _check(isinstance(factor, int) and 1 <= factor <= 8, f"{where}.pixel_unshuffle must be an int in 1..8")
     spec.setdefault("config", {})
     _check(isinstance(spec["config"], dict), f"{where}.config must be a dict of the architecture's settings")
+    for key, value in spec["config"].items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for item in values:
+            _check(
+                not isinstance(item, (int, float)) or isinstance(item, bool) or abs(item) <= MAX_ARCH_VALUE,
+                f"{where}.config.{key} is {value!r}; values above {MAX_ARCH_VALUE} would allocate absurd sizes",
+            )
     if expert_type == "pix2struct":
         patch = spec["config"].get("patch_size", 16)
         max_patches = spec.setdefault("max_patches", (size // patch) ** 2)
@@ -149,6 +159,12 @@ class EagleConfig(PretrainedConfig):
         self.image_token_id = image_token_id
         self.projector_type = projector_type
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
+        for key, limit in TEXT_LIMITS.items():
+            value = getattr(text_config, key, None)
+            _check(
+                value is None or value <= limit,
+                f"text_config.{key} is {value!r}; values above {limit} would allocate absurd sizes",
+            )
         vocab_size = getattr(text_config, "vocab_size", None)
         _check(
             isinstance(image_token_id, int) and (vocab_size is None or 0 <= image_token_id < vocab_size),

@@ -55,10 +55,11 @@ def generation_config_for(tokenizer) -> GenerationConfig:
 def staged_folder(output_dir, overwrite: bool = False):
     """Yield a temporary sibling of ``output_dir`` to write into; move it into place only if the block succeeds."""
     output_dir = Path(output_dir)
+    _recover(output_dir)
     if output_dir.exists() and not overwrite:
         raise FileExistsError(f"{output_dir} already exists; choose another output or pass overwrite/--force")
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.staging-", dir=output_dir.parent))
     try:
         yield staging
         if output_dir.exists():
@@ -70,6 +71,18 @@ def staged_folder(output_dir, overwrite: bool = False):
             os.replace(staging, output_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _recover(output_dir: Path) -> None:
+    """Undo what a process killed inside ``staged_folder`` left: a previous output moved aside but not replaced
+    comes back, and half-written staging folders go."""
+    if not output_dir.parent.is_dir():
+        return
+    backups = sorted(output_dir.parent.glob(f".{output_dir.name}.old-*"))
+    if backups and not output_dir.exists():
+        os.replace(backups[-1], output_dir)
+    for leftover in [*output_dir.parent.glob(f".{output_dir.name}.staging-*"), *backups]:
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def write_folder_files(folder: Path, processor, config: EagleConfig) -> None:

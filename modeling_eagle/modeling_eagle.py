@@ -261,6 +261,8 @@ class EagleModel(EaglePreTrainedModel):
     ) -> EagleModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
+        if (input_ids if input_ids is not None else inputs_embeds).shape[1] == 0:
+            raise ValueError("The prompt is empty (no tokens); give some text, or an image with its <image> token")
         cache = cache if cache is not None else past_key_values
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)

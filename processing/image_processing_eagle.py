@@ -23,12 +23,13 @@ zero-padded, as transformers' ``Pix2StructImageProcessor`` computes them.
 
 import copy
 import math
+import os
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import ChannelDimension, infer_channel_dimension_format
@@ -81,14 +82,72 @@ class EagleImageProcessorKwargs(ImagesKwargs, total=False):
     shared_size: int | None
     shared_mean: list[float] | tuple[float, ...] | None
     shared_std: list[float] | tuple[float, ...] | None
+    max_image_pixels: int | None
 
 
 def _composite_to_rgb(image: Image.Image) -> Image.Image:
-    """RGB, with any transparency composited onto white (as transformers does)."""
+    """RGB, with any transparency composited onto white (as transformers does); 16-bit and float images are
+    scaled to 8 bits rather than clipped."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        values = np.asarray(image, dtype=np.float64)
+        # 16-bit data (or 32-bit holding it) spans 0..65535: scale down; 8-bit values kept in "I" stay as they are.
+        values = values / 257.0 if values.max(initial=0) > 255 or image.mode.startswith("I;16") else values
+        image = Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8), mode="L")
+    elif image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        values = values * 255.0 if values.max(initial=0) <= 1.0 else values
+        image = Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8), mode="L")
     if "A" in image.getbands() or image.info.get("transparency") is not None:
         image = image.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image).convert("RGB")
     return image.convert("RGB")
+
+
+def _check_pixels(width: int, height: int, limit: int, where: str) -> None:
+    """Refuse images whose pixels, or the square canvas padding makes of them, exceed the cap: a decompression
+    bomb or a 1x10**6 strip would otherwise allocate gigabytes."""
+    if width * height > limit:
+        raise ValueError(
+            f"{where} is {width}x{height} = {width * height / 1e6:.1f} megapixels, over the limit of "
+            f"{limit / 1e6:.1f} (max_image_pixels); downscale it, or raise the processor's max_image_pixels"
+        )
+    side = max(width, height)
+    if side * side > 4 * limit:
+        raise ValueError(
+            f"{where} is {width}x{height}: padding it to a square would make {side}x{side}, over 4x the limit of "
+            f"{limit / 1e6:.1f} megapixels (max_image_pixels); crop it to a less extreme aspect ratio"
+        )
+
+
+def open_image(source, where: str, limit: int) -> Image.Image:
+    """Open a path (or take a PIL image), check its size before decoding, use its first frame, apply its EXIF
+    orientation and decode it; every failure names the input."""
+    if isinstance(source, Image.Image):
+        image = source
+    else:
+        text = str(source)
+        if text.startswith(("http://", "https://")):
+            raise ValueError(f"{where} is a URL ({text}); download it and pass the file or a PIL image")
+        try:
+            image = Image.open(text)
+        except Image.DecompressionBombError as error:
+            raise ValueError(f"{where}: {text} is refused as a decompression bomb ({error})") from None
+        except FileNotFoundError:
+            raise ValueError(f"{where}: file not found: {text}") from None
+        except IsADirectoryError:
+            raise ValueError(f"{where}: {text} is a folder, not an image file") from None
+        except (UnidentifiedImageError, OSError) as error:
+            raise ValueError(f"{where}: {text} is not a readable image ({error})") from None
+        where = f"{where} ({text})"
+    _check_pixels(image.width, image.height, limit, where)
+    if getattr(image, "n_frames", 1) > 1:
+        image.seek(0)  # animated GIF/WebP/APNG: the first frame
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image) or image
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"{where} cannot be decoded ({error}); the file is corrupt or truncated") from None
+    return image
 
 
 def _three_floats(value: Any, where: str) -> list[float]:
@@ -253,6 +312,7 @@ class EagleImageProcessor(PilBackend):
     mode = "per_expert"
     resize_mode = "pad"
     shared_size = 1024
+    max_image_pixels = 128 * 1024 * 1024
     shared_mean = list(OPENAI_CLIP_MEAN)
     shared_std = list(OPENAI_CLIP_STD)
 
@@ -296,6 +356,8 @@ class EagleImageProcessor(PilBackend):
             raise ValueError(f"Unknown resize_mode {resize_mode!r}; choose one of {', '.join(RESIZE_MODES)}")
         if kwargs.get("shared_size") is not None:
             _positive_int(kwargs["shared_size"], "shared_size")
+        if kwargs.get("max_image_pixels") is not None:
+            _positive_int(kwargs["max_image_pixels"], "max_image_pixels")
         for key in ("shared_mean", "shared_std"):
             if kwargs.get(key) is not None:
                 kwargs[key] = _three_floats(kwargs[key], key)
@@ -309,7 +371,6 @@ class EagleImageProcessor(PilBackend):
     # ----------------------------------------------------------------------------------------- inputs
     def _prepare_images_structure(self, images: Any, expected_ndims: int = 3) -> list:
         """Flatten one image / a list / a nested list (or a 4-D batch array) into a flat list, keeping order."""
-        images = self.fetch_images(images)  # loads str paths/URLs the way transformers does; images pass through
 
         def flatten(item: Any) -> list:
             if isinstance(item, (list, tuple)):
@@ -332,9 +393,11 @@ class EagleImageProcessor(PilBackend):
         ]
 
     def process_image(self, image: Any, input_data_format=None, index: int = 0, **kwargs) -> Image.Image:
-        """Convert one input (PIL image, numpy array or torch tensor) to an RGB PIL image; errors name the input."""
+        """Convert one input (a path, PIL image, numpy array or torch tensor) to an RGB PIL image; errors name the
+        input."""
         where = f"image {index}"
-        if isinstance(image, Image.Image):
+        if isinstance(image, (str, os.PathLike, Image.Image)):
+            image = open_image(image, where, self.max_image_pixels)
             if image.width == 0 or image.height == 0:
                 raise ValueError(
                     f"{where} has size {image.width}x{image.height} (width x height); it must not be empty"
@@ -369,6 +432,7 @@ class EagleImageProcessor(PilBackend):
         height, width, channels = image.shape
         if height == 0 or width == 0:
             raise ValueError(f"{where} has size {width}x{height} (width x height); it must not be empty")
+        _check_pixels(width, height, self.max_image_pixels, where)
         if channels not in (1, 3, 4):
             raise ValueError(f"{where} has {channels} channels (shape {tuple(image.shape)}); expected 1, 3 or 4")
         image = _array_to_uint8(np.ascontiguousarray(image), where)

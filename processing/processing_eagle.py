@@ -54,7 +54,23 @@ class EagleProcessor(ProcessorMixin):
                     f"The text has {n_tokens} {self.image_token!r} placeholder(s) but {n_images} image(s) were "
                     f"given; put one {self.image_token} in the text for each image, in the images' order"
                 )
-        return super().__call__(images=images, text=text, **kwargs)
+        output = super().__call__(images=images, text=text, **kwargs)
+        self._check_length(output, kwargs)
+        return output
+
+    def _check_length(self, output, kwargs) -> None:
+        """Refuse prompts longer than the tokenizer's limit: truncating them would cut through image tokens."""
+        limit = getattr(self.tokenizer, "model_max_length", None)
+        if not limit or limit >= 10**8 or "attention_mask" not in output or kwargs.get("truncation"):
+            return
+        for index, (mask, ids) in enumerate(zip(output["attention_mask"], output["input_ids"])):
+            length = int(mask.sum()) if hasattr(mask, "sum") else sum(mask)
+            if length > limit:
+                image_tokens = sum(int(token == self.image_token_id) for token in ids)
+                raise ValueError(
+                    f"prompt {index} is {length} tokens ({image_tokens} of them image tokens) but the model takes at "
+                    f"most {limit} (tokenizer.model_max_length); shorten the text or give fewer images"
+                )
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         return self.image_token * self.num_image_tokens

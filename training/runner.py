@@ -95,11 +95,22 @@ def stage_arguments(stage: Stage, output_dir: Path, seed: int) -> SFTConfig:
     )
 
 
+def checkpoint_is_complete(path: Path) -> bool:
+    """The Trainer writes weights, optimizer, scheduler, RNG state, and trainer_state.json last; a process killed
+    mid-save leaves that file missing or cut short."""
+    try:
+        json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    has_weights = any(path.glob("*.safetensors"))
+    return has_weights and (path / "optimizer.pt").is_file() and (path / "scheduler.pt").is_file()
+
+
 def last_checkpoint(folder: Path) -> str | None:
-    """The newest checkpoint that finished writing (its trainer_state.json is written last)."""
+    """The newest complete checkpoint in ``folder`` (incomplete ones, from a kill mid-save, are skipped)."""
     if not folder.is_dir():
         return None
-    done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    done = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and checkpoint_is_complete(p)]
     return str(max(done, key=lambda p: int(p.name.split("-")[-1]))) if done else None
 
 
@@ -150,7 +161,7 @@ def train_stage(model, processor, stage: Stage, dataset, checkpoints: Path, reci
     }
 
 
-def single_expert_model(model: EagleForConditionalGeneration, name: str) -> EagleForConditionalGeneration:
+def single_expert_model(model: EagleForConditionalGeneration, name: str, seed: int) -> EagleForConditionalGeneration:
     """A one-expert Eagle sharing ``name``'s expert, the LLM and the head with ``model``; its projector is new."""
     config = copy.deepcopy(model.config)
     config.vision_config.experts = [s for s in config.vision_config.experts if s["name"] == name]
@@ -160,9 +171,11 @@ def single_expert_model(model: EagleForConditionalGeneration, name: str) -> Eagl
     single.model.language_model = model.model.language_model
     single.lm_head = model.lm_head
     tower = single.model.vision_tower
-    single.model.multi_modal_projector = EagleMultiModalProjector(
-        tower.hidden_size, config.text_config.hidden_size, config.projector_type
-    ).to(model.dtype)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        single.model.multi_modal_projector = EagleMultiModalProjector(
+            tower.hidden_size, config.text_config.hidden_size, config.projector_type
+        ).to(model.dtype)
     return single
 
 
@@ -175,9 +188,10 @@ def run_prealign(model, processor, stage, dataset_for, output: Path, recipe: Rec
     summaries = {}
     # Each pre-aligned expert is saved as soon as it is done (resume skips it); the stage folder copies them in.
     experts_dir = output / "checkpoints" / stage.name / "experts"
-    for name in list(model.model.vision_tower.experts):
+    for index, name in enumerate(model.model.vision_tower.experts):
         expert_dir = experts_dir / name
-        single = single_expert_model(model, name)
+        # New weights come from fixed seeds, so a resumed run draws exactly what an uninterrupted one drew.
+        single = single_expert_model(model, name, seed=recipe.seed + 1 + index)
         single_processor = build_processor(single.config, copy.deepcopy(processor.tokenizer))
         single_processor.chat_template = processor.chat_template
         if resume and (expert_dir / "config.json").is_file():
@@ -197,9 +211,11 @@ def run_prealign(model, processor, stage, dataset_for, output: Path, recipe: Rec
         summaries[name] = result
     # The fused projector of the next stage starts fresh (EAGLE-X5.md §5).
     fused = model.model.multi_modal_projector
-    for layer in (fused.linear_1, getattr(fused, "linear_2", None)):
-        if layer is not None:
-            layer.reset_parameters()
+    with torch.random.fork_rng():
+        torch.manual_seed(recipe.seed)
+        for layer in (fused.linear_1, getattr(fused, "linear_2", None)):
+            if layer is not None:
+                layer.reset_parameters()
     return summaries
 
 
