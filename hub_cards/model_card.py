@@ -1,7 +1,40 @@
-"""Model cards for Eagle folders (huggingface_hub ``ModelCard``): metadata the Hub indexes, and what the model is."""
+"""Model cards for Eagle folders (huggingface_hub ``ModelCard``): the metadata the Hub indexes, what the model is,
+how to use it (snippets the tests run), how it was trained and evaluated, and its limitations.
 
-from huggingface_hub import ModelCard, ModelCardData
+    from hub_cards.model_card import model_card_for_folder, write_model_card
+    card = model_card_for_folder("eagle-x5-tiny", repo_id="me/eagle-x5-tiny")   # a huggingface_hub.ModelCard
+    write_model_card("eagle-x5-tiny", repo_id="me/eagle-x5-tiny")                # saves <folder>/README.md
 
+Everything is read from the folder: ``config.json`` (experts, resolutions, grid, LLM), parameter counts from the
+safetensors headers (no tensor is loaded), and two optional files:
+
+``training.json`` (written by whoever trained the folder; :func:`training_info_from_recipe` builds it from a recipe)::
+
+    {"base_model": ["lmsys/vicuna-7b-v1.5"],          # optional, Hub model ids -> card metadata
+     "datasets": ["liuhaotian/LLaVA-Pretrain"],        # optional, Hub dataset ids -> card metadata
+     "license": "apache-2.0",                          # optional
+     "stages": [{"name": "stage1-prealign", "kind": "prealign", "train": ["experts", "projector"],
+                 "data": "sft.json (llava)", "datasets": ["..."], "max_steps": 6, "epochs": null,
+                 "batch_size": 4, "lr": {"vision": 0.001}, "final_loss": 2.31}]}
+
+``eval_results.json`` (one object, or a list of them for several datasets)::
+
+    {"task": {"type": "visual-question-answering", "name": "Visual question answering"},   # or just the type
+     "dataset": {"name": "Synthetic shapes", "type": "synthetic-shapes", "split": "test", "config": null},
+     "metrics": [{"name": "Accuracy", "type": "accuracy", "value": 0.97}],
+     "source": {"name": "eagle eval", "url": "https://..."}}                                 # optional
+
+Evaluation results become ``EvalResult`` objects, hence the card's ``model-index``.
+"""
+
+import json
+import math
+import re
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+# Where the released Eagle's experts started from (named in the cards of converted checkpoints).
 EXPERT_SOURCES = {
     "clip": "openai/clip-vit-large-patch14-336",
     "convnext": "laion/CLIP-convnext_xxlarge-laion2B-s34B-b82K-augreg-soup",
@@ -9,37 +42,298 @@ EXPERT_SOURCES = {
     "eva02": "Yuxin-CL/EVA02-L (ViTDet detection weights)",
     "pix2struct": "google/pix2struct-large",
 }
+EXPERT_NAMES = {
+    "clip": "CLIP ViT",
+    "convnext": "ConvNeXt (CLIP-trained)",
+    "sam": "SAM ViT encoder",
+    "eva02": "EVA-02 ViTDet",
+    "pix2struct": "Pix2Struct encoder",
+}
+TRAINING_FILE = "training.json"
+EVAL_FILE = "eval_results.json"
+PLACEHOLDER_REPO = "your-org/your-eagle-model"
+BASE_TAGS = ["eagle", "custom_code", "multimodal", "vision-language", "mixture-of-vision-experts"]
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".arrow", ".txt", ".tsv")
 
-TEMPLATE = """---
-{{ card_data }}
----
+CITATION = """@article{shi2024eagle,
+  title   = {Eagle: Exploring The Design Space for Multimodal LLMs with Mixture of Encoders},
+  author  = {Shi, Min and Liu, Fuxiao and Wang, Shihao and others},
+  journal = {arXiv preprint arXiv:2408.15998},
+  year    = {2024}
+}"""
 
-# {{ title }}
-
-{{ summary }}
-
-| expert | type | input | to the {{ grid }}x{{ grid }} grid | channels |
-|---|---|---|---|---|
-{% for row in experts -%}
-| {{ row.name }} | {{ row.type }} | {{ row.input }} | {{ row.step }} | {{ row.channels }} |
-{% endfor %}
-Language model: {{ llm }}. Projector: `{{ projector }}`.
-
-## How to use
-
-```python
+AUTOMODEL_SNIPPET = """import torch
+from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-model = AutoModelForImageTextToText.from_pretrained("{{ repo }}", trust_remote_code=True)
-processor = AutoProcessor.from_pretrained("{{ repo }}", trust_remote_code=True)
-```
+repo_id = "{repo}"
+processor = AutoProcessor.from_pretrained(repo_id, trust_remote_code=True)
+model = AutoModelForImageTextToText.from_pretrained(repo_id, trust_remote_code=True, dtype="auto").eval()
 
-{{ provenance }}
-"""
+image = Image.open("example.jpg").convert("RGB")
+messages = [{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": "What is in this image?"}}]}}]
+prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+inputs = processor(images=[image], text=[prompt], return_tensors="pt").to(model.device)
+# inputs["pixel_values"] is a list: one tensor per vision expert, at that expert's resolution
+with torch.inference_mode():
+    output = model.generate(**inputs, max_new_tokens=64, do_sample=False)
+answer = processor.post_process_image_text_to_text(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+print(answer[0])"""
+
+PIPELINE_SNIPPET = """from transformers import pipeline
+
+pipe = pipeline("image-text-to-text", model="{repo}", trust_remote_code=True)
+messages = [
+    {{
+        "role": "user",
+        "content": [{{"type": "image", "image": "example.jpg"}}, {{"type": "text", "text": "Describe it."}}],
+    }}
+]
+print(pipe(text=messages, max_new_tokens=64, return_full_text=False)[0]["generated_text"])"""
 
 
-def _expert_rows(config) -> list[dict]:
+class CardError(ValueError):
+    """A folder, ``training.json`` or ``eval_results.json`` the card cannot describe; the message names the field."""
+
+
+# --------------------------------------------------------------------------------------------- reading the folder
+
+
+def _read_json(path: Path, what: str) -> dict | list:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as error:
+        raise CardError(f"{path}: not found ({what})") from error
+    except json.JSONDecodeError as error:
+        raise CardError(f"{path}: not valid JSON ({error})") from error
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of a folder: the index's shards, or ``model.safetensors``; [] when none."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = _read_json(index, "the safetensors index").get("weight_map", {})
+        return [folder / name for name in sorted(set(weight_map.values()))]
+    single = folder / "model.safetensors"
+    return [single] if single.is_file() else []
+
+
+def _bucket(name: str) -> str:
+    """Which part a parameter belongs to: ``expert:<name>``, ``projector``, ``llm`` or ``other``."""
+    name = name.removeprefix("model.")
+    if name.startswith("vision_tower.experts."):
+        return "expert:" + name.split(".")[2]
+    if name.startswith("multi_modal_projector."):
+        return "projector"
+    if name.startswith(("language_model.", "lm_head.")):
+        return "llm"
+    return "other"
+
+
+def parameter_counts(folder) -> dict:
+    """Parameters per part, read from the safetensors headers (no tensor is loaded; persistent buffers such as
+    EVA-02's rope tables are not parameters and not counted): ``{"experts": {name: n},
+    "projector": n, "llm": n, "other": n, "total": n, "source": "safetensors" | "config"}``.
+
+    A folder without weights (``eagle init --config-only``) is counted on the meta device from its config."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    counts: dict[str, int] = {}
+    files = _weight_files(folder)
+    config = _load_config(folder)
+    if not files:
+        return _shape_counts(_counts_from_config(config), "config")
+    buffers = set(dict(_meta_model(config).named_buffers()))  # persistent buffers (e.g. EVA-02 rope tables)
+    for path in files:
+        if not path.is_file():
+            raise CardError(f"{path}: listed in the safetensors index but missing")
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys():
+                if key not in buffers:
+                    counts[_bucket(key)] = counts.get(_bucket(key), 0) + math.prod(handle.get_slice(key).get_shape())
+    return _shape_counts(counts, "safetensors")
+
+
+def _meta_model(config):
+    """The model built on the meta device: names and shapes only, no memory."""
+    import torch
+
+    from modeling_eagle.modeling_eagle import EagleForConditionalGeneration
+
+    with torch.device("meta"):
+        return EagleForConditionalGeneration(config)
+
+
+def _counts_from_config(config) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for name, parameter in _meta_model(config).named_parameters():
+        counts[_bucket(name)] = counts.get(_bucket(name), 0) + parameter.numel()
+    return counts
+
+
+def _shape_counts(counts: dict[str, int], source: str) -> dict:
+    experts = {key.split(":", 1)[1]: n for key, n in counts.items() if key.startswith("expert:")}
+    shaped = {
+        "experts": experts,
+        "projector": counts.get("projector", 0),
+        "llm": counts.get("llm", 0),
+        "other": counts.get("other", 0),
+        "source": source,
+    }
+    shaped["total"] = sum(experts.values()) + shaped["projector"] + shaped["llm"] + shaped["other"]
+    return shaped
+
+
+def _load_config(folder: Path):
+    """The folder's ``EagleConfig`` (this package's class; the folder's own code is not executed)."""
+    from modeling_eagle.configuration_eagle import EagleConfig
+
+    raw = _read_json(folder / "config.json", "the model config")
+    if raw.get("model_type") != "eagle":
+        raise CardError(f"{folder / 'config.json'}: model_type is {raw.get('model_type')!r}, not 'eagle'")
+    try:
+        return EagleConfig.from_pretrained(folder)
+    except Exception as error:  # a config the class rejects: say which folder
+        raise CardError(f"{folder / 'config.json'}: not a valid Eagle config ({error})") from error
+
+
+def human(n: int) -> str:
+    """1234567 -> '1.23 M'."""
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return str(n)
+
+
+# -------------------------------------------------------------------------------------- training and evaluation
+
+
+def _looks_like_hub_id(value) -> bool:
+    return (
+        isinstance(value, str)
+        and bool(HUB_ID.match(value))
+        and not value.startswith(".")
+        and not value.lower().endswith(DATA_SUFFIXES)
+    )
+
+
+def load_training(training, folder: Path | None = None) -> dict | None:
+    """``training`` as a dict (a dict, a path to a JSON file, or None to read ``<folder>/training.json``)."""
+    if training is None and folder is not None and (folder / TRAINING_FILE).is_file():
+        training = folder / TRAINING_FILE
+    if training is None:
+        return None
+    if isinstance(training, (str, Path)):
+        training = _read_json(Path(training), "the training record")
+    if not isinstance(training, dict) or not isinstance(training.get("stages", []), list):
+        raise CardError(f"{TRAINING_FILE}: expected an object with a 'stages' list")
+    for i, stage in enumerate(training.get("stages", [])):
+        if not isinstance(stage, dict) or "name" not in stage:
+            raise CardError(f"{TRAINING_FILE}: stages[{i}] needs a 'name'")
+    return training
+
+
+def training_info_from_recipe(recipe, summaries: dict | None = None, upto: str | None = None) -> dict:
+    """The ``training.json`` record of a training run: the recipe's stages (up to and including ``upto``), with the
+    final loss of each from the runner's ``summaries`` when given. ``hf`` data that is not a local path is a Hub
+    dataset id (as the loader reads it) and goes to the card metadata."""
+    from training.recipe import Recipe, load_recipe
+
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    summaries = summaries or {}
+    stages, datasets = [], []
+    for stage in recipe.stages:
+        data = stage.data
+        local = Path(recipe.data_dir) / data.path  # the loader's rule: an existing path is local, else a Hub id
+        hub_data = [data.path] if data.format == "hf" and _looks_like_hub_id(data.path) and not local.exists() else []
+        datasets += [d for d in hub_data if d not in datasets]
+        entry = {
+            "name": stage.name,
+            "kind": stage.kind,
+            "train": list(stage.train),
+            "data": f"{data.path} ({data.format})",
+            "datasets": hub_data,
+            "max_steps": stage.max_steps,
+            "epochs": stage.epochs,
+            "batch_size": stage.batch_size * stage.grad_accum,
+            "lr": dict(stage.lr),
+            "lora": None if stage.lora is None else dict(vars(stage.lora)),
+        }
+        losses = (summaries.get(stage.name) or {}).get("losses")
+        if losses:
+            entry["final_loss"] = float(losses[-1])
+        stages.append(entry)
+        if stage.name == upto:
+            break
+    info = {"stages": stages, "datasets": datasets}
+    start = getattr(recipe, "model", None) or {}
+    if isinstance(start, dict) and _looks_like_hub_id(start.get("path")):
+        info["base_model"] = [start["path"]]
+    return info
+
+
+def load_eval_results(eval_results, folder: Path | None = None) -> list[EvalResult]:
+    """``eval_results.json`` (or a dict / list of dicts / list of ``EvalResult``) as ``EvalResult`` objects."""
+    if eval_results is None and folder is not None and (folder / EVAL_FILE).is_file():
+        eval_results = folder / EVAL_FILE
+    if eval_results is None:
+        return []
+    if isinstance(eval_results, (str, Path)):
+        eval_results = _read_json(Path(eval_results), "the evaluation results")
+    entries = eval_results if isinstance(eval_results, list) else [eval_results]
+    results = []
+    for i, entry in enumerate(entries):
+        if isinstance(entry, EvalResult):
+            results.append(entry)
+            continue
+        where = f"{EVAL_FILE}[{i}]" if isinstance(eval_results, list) else EVAL_FILE
+        results += _eval_entry(entry, where)
+    return results
+
+
+def _eval_entry(entry, where: str) -> list[EvalResult]:
+    if not isinstance(entry, dict):
+        raise CardError(f"{where}: expected an object with 'task', 'dataset' and 'metrics'")
+    task = entry.get("task") or "visual-question-answering"
+    task = {"type": task} if isinstance(task, str) else task
+    dataset = entry.get("dataset")
+    if not isinstance(dataset, dict) or not dataset.get("name") or not dataset.get("type"):
+        raise CardError(f"{where}: 'dataset' needs a 'name' and a 'type' (a dataset id)")
+    metrics = entry.get("metrics")
+    if not isinstance(metrics, list) or not metrics:
+        raise CardError(f"{where}: 'metrics' must be a non-empty list")
+    source = entry.get("source") or {}
+    results = []
+    for j, metric in enumerate(metrics):
+        if not isinstance(metric, dict) or "type" not in metric or "value" not in metric:
+            raise CardError(f"{where}: metrics[{j}] needs a 'type' and a 'value'")
+        results.append(
+            EvalResult(
+                task_type=task.get("type"),
+                task_name=task.get("name"),
+                dataset_type=dataset["type"],
+                dataset_name=dataset["name"],
+                dataset_config=dataset.get("config"),
+                dataset_split=metric.get("split", dataset.get("split")),
+                dataset_revision=dataset.get("revision"),
+                metric_type=metric["type"],
+                metric_name=metric.get("name"),
+                metric_value=metric["value"],
+                source_name=source.get("name"),
+                source_url=source.get("url"),
+            )
+        )
+    return results
+
+
+# ------------------------------------------------------------------------------------------------------ the card
+
+
+def _expert_rows(config, counts: dict | None = None) -> list[dict]:
     rows = []
+    grid = config.vision_config.grid_size
     for spec in config.vision_config.experts:
         arch = spec["config"]
         channels = arch.get("hidden_size") or arch.get("hidden_sizes", [0])[-1]
@@ -47,34 +341,333 @@ def _expert_rows(config) -> list[dict]:
             channels = arch.get("output_channels", 256)
         factor = spec.get("pixel_unshuffle", 1)
         step = f"pixel_unshuffle({factor}) + bilinear" if factor > 1 else "bilinear (align_corners)"
-        size = f"{spec['max_patches']} patches" if spec["type"] == "pix2struct" else f"{spec['image_size']} px"
+        size = f"{spec['image_size']} px"
+        if spec["type"] == "pix2struct":
+            size = f"{spec['image_size']} px, {spec['max_patches']} patches"
+        params = (counts or {}).get("experts", {}).get(spec["name"])
         rows.append(
-            {"name": spec["name"], "type": spec["type"], "input": size, "step": step, "channels": channels * factor**2}
+            {
+                "name": spec["name"],
+                "type": spec["type"],
+                "architecture": EXPERT_NAMES.get(spec["type"], spec["type"]),
+                "input": size,
+                "resolution": spec["image_size"],
+                "step": step,
+                "grid": f"{grid}x{grid}",
+                "channels": channels * factor**2,
+                "params": human(params) if params is not None else "-",
+            }
         )
     return rows
 
 
-def converted_model_card(config, source: str, report: str, repo: str = "path/to/this/folder") -> ModelCard:
-    """The card of a folder converted from an NVEagle checkpoint; names the source."""
-    experts = [spec["type"] for spec in config.vision_config.experts]
+def _llm_line(text) -> str:
+    heads = f"{text.num_attention_heads} heads"
+    if getattr(text, "num_key_value_heads", None) not in (None, text.num_attention_heads):
+        heads += f" ({text.num_key_value_heads} key/value)"
+    return (
+        f"{text.model_type} (Llama-family decoder): hidden size {text.hidden_size}, {text.num_hidden_layers} layers, "
+        f"{heads}, vocabulary {text.vocab_size}, context {text.max_position_embeddings} tokens"
+    )
+
+
+def _md_table(headers: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(cell).replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _training_section(training: dict | None, source: str | None) -> str:
+    if training is None:
+        if source:
+            return (
+                f"The weights are those of `{source}`, converted without further training; see the source model's "
+                "card for its training stages and data (Eagle: pre-alignment of each expert with a frozen LLM, "
+                "projector alignment, then supervised fine-tuning)."
+            )
+        return (
+            "This folder carries no training record (`training.json`). A folder written by `eagle init` has "
+            "**random weights**: its answers are noise until it is trained (`eagle train`)."
+        )
+    rows = []
+    for stage in training.get("stages", []):
+        steps = stage.get("max_steps") or (f"{stage['epochs']} epochs" if stage.get("epochs") else "-")
+        lrs = ", ".join(f"{k} {v:g}" for k, v in (stage.get("lr") or {}).items()) or "-"
+        loss = stage.get("final_loss")
+        rows.append(
+            [
+                stage["name"],
+                stage.get("kind", "-"),
+                ", ".join(stage.get("train") or []) or "-",
+                stage.get("data", "-"),
+                steps,
+                stage.get("batch_size", "-"),
+                lrs,
+                f"{loss:.4f}" if isinstance(loss, (int, float)) else "-",
+            ]
+        )
+    parts = [
+        "Eagle trains in stages: `prealign` trains each expert alone with its own projector against the frozen LLM, "
+        "`align` trains the fused projector, `sft` fine-tunes what it lists.",
+        "",
+        _md_table(["stage", "kind", "trains", "data", "steps", "batch", "learning rates", "final loss"], rows),
+    ]
+    datasets = _datasets(training)
+    if datasets:
+        parts += ["", "Datasets: " + ", ".join(f"[{d}](https://huggingface.co/datasets/{d})" for d in datasets) + "."]
+    return "\n".join(parts)
+
+
+def _datasets(training: dict | None) -> list[str]:
+    if not training:
+        return []
+    found = list(training.get("datasets") or [])
+    for stage in training.get("stages", []):
+        found += [d for d in stage.get("datasets") or [] if d not in found]
+    return [d for d in found if _looks_like_hub_id(d)]
+
+
+def _eval_section(results: list[EvalResult]) -> str:
+    if not results:
+        return "No evaluation results ship with this folder (`eval_results.json`)."
+    rows = [
+        [
+            r.task_name or r.task_type,
+            r.dataset_name,
+            r.dataset_split or "-",
+            r.metric_name or r.metric_type,
+            r.metric_value,
+        ]
+        for r in results
+    ]
+    return "\n".join(
+        [
+            "Also in the card metadata (`model-index`), so the Hub shows them on the model page.",
+            "",
+            _md_table(["task", "dataset", "split", "metric", "value"], rows),
+        ]
+    )
+
+
+LIMITATIONS = """\
+- Each expert sees the image padded to a square and resized to its own resolution (the table above); fine print and
+  small objects can be lost, and no tiling is done for high-resolution inputs.
+- Like other multimodal LLMs it can describe things that are not in the image (hallucination) and follow misleading
+  text in images; answers need checking where they matter. It has no safety tuning beyond what its training data
+  gives it.
+- Loading needs `trust_remote_code=True` (the model code ships in this repository) unless the `eagle-hub` package is
+  installed.
+- The vision experts and the LLM come with their own licenses and training-data caveats, which carry over."""
+
+
+def _title(repo_id: str | None, folder_name: str, source: str | None) -> str:
+    if repo_id:
+        return repo_id.split("/")[-1]
+    if source:
+        return f"{Path(source).name}-hf"
+    return folder_name
+
+
+def build_card(
+    config,
+    counts: dict,
+    *,
+    repo_id: str | None = None,
+    folder_name: str = "eagle",
+    source: str | None = None,
+    training: dict | None = None,
+    eval_results: list[EvalResult] | None = None,
+    license: str | None = None,
+    base_model=None,
+    notes: str | None = None,
+    processor_mode: str | None = None,
+) -> ModelCard:
+    """The card from an ``EagleConfig``, parameter counts (:func:`parameter_counts`) and what is known."""
+    experts = list(config.vision_config.experts)
+    types = list(dict.fromkeys(spec["type"] for spec in experts))
+    training = training or None
+    eval_results = eval_results or []
+    title = _title(repo_id, folder_name, source)
+    if base_model is None:
+        base_model = list((training or {}).get("base_model") or [])
+        if source and _looks_like_hub_id(source):
+            base_model = [source, *base_model]
+    base_model = [base_model] if isinstance(base_model, str) else list(base_model or [])
+    base_model = [b for b in dict.fromkeys(base_model) if _looks_like_hub_id(b)] or None
+    license = license or (training or {}).get("license") or ("cc-by-nc-4.0" if source else "apache-2.0")
     data = ModelCardData(
+        model_name=title if eval_results else None,
         pipeline_tag="image-text-to-text",
         library_name="transformers",
-        license="cc-by-nc-4.0",
-        tags=["eagle", "custom_code", "multimodal", "mixture-of-vision-experts", *experts],
-        base_model=[source] if "/" in source and not source.startswith(("/", ".")) else None,
+        license=license,
+        language=["en"],
+        tags=[*BASE_TAGS, *types],
+        base_model=base_model,
+        datasets=_datasets(training) or None,
+        eval_results=eval_results or None,
     )
+    repo = repo_id or PLACEHOLDER_REPO
+    grid = config.vision_config.grid_size
+    rows = _expert_rows(config, counts)
+    total_channels = sum(row["channels"] for row in rows)
     text = config.text_config
-    return ModelCard.from_template(
-        data,
-        template_str=TEMPLATE,
-        title=f"Eagle ({len(experts)} experts), converted",
-        summary="A mixture-of-vision-experts multimodal LLM (Eagle, arXiv 2408.15998) in the Hub-native format.",
-        experts=_expert_rows(config),
-        grid=config.vision_config.grid_size,
-        llm=f"Llama-family, hidden {text.hidden_size}, {text.num_hidden_layers} layers, vocab {text.vocab_size}",
-        projector=config.projector_type,
-        repo=repo,
-        provenance=f"Converted from the NVEagle checkpoint `{source}` by `eagle convert` ({report}). "
-        "The processor runs in its `released` mode, reproducing the original preprocessing.",
+    counted = "read from the safetensors files" if counts["source"] == "safetensors" else "counted from the config"
+    parts_table = _md_table(
+        ["part", "parameters"],
+        [[f"expert `{r['name']}`", r["params"]] for r in rows if r["name"] in counts["experts"]]
+        + [["projector", human(counts["projector"])], ["language model", human(counts["llm"])]]
+        + ([["other", human(counts["other"])]] if counts["other"] else [])
+        + [["**total**", f"**{human(counts['total'])}** ({counts['total']:,})"]],
     )
+    experts_table = _md_table(
+        ["expert", "architecture", "input", f"to the {grid}x{grid} grid", "channels", "parameters"],
+        [[r["name"], r["architecture"], r["input"], r["step"], r["channels"], r["params"]] for r in rows],
+    )
+    provenance = []
+    if source:
+        provenance.append(f"Converted from the NVEagle checkpoint `{source}` by `eagle convert`.")
+        starts = [f"{t} from `{EXPERT_SOURCES[t]}`" for t in types if t in EXPERT_SOURCES]
+        if starts:
+            provenance.append("The authors initialised the experts " + ", ".join(starts) + ".")
+    if notes:
+        provenance.append(notes)
+    mode = (
+        " The processor runs in its `released` mode, reproducing the original preprocessing."
+        if processor_mode == "released"
+        else ""
+    )
+    sections = [
+        f"# {title}",
+        "",
+        f"**Eagle** ([arXiv 2408.15998](https://arxiv.org/abs/2408.15998)) with {len(experts)} vision experts "
+        f"({', '.join(spec['name'] for spec in experts)}) in the Hub-native `transformers` format. Every expert sees "
+        f"the same image; their feature maps are brought to one {grid}x{grid} grid and concatenated on channels "
+        f"({total_channels} channels, {grid * grid} image tokens per image), and an MLP projector "
+        f"(`{config.projector_type}`) maps them into the language model." + mode,
+        *(["", " ".join(provenance)] if provenance else []),
+        "",
+        "## Model details",
+        "",
+        experts_table,
+        "",
+        f"- Language model: {_llm_line(text)}.",
+        f"- Projector: `{config.projector_type}`, {human(counts['projector'])} parameters.",
+        f"- Image tokens: {grid * grid} per image (`<image>` in the prompt, expanded by the processor).",
+        f"- Weights: {str(getattr(config, 'dtype', None) or 'float32').removeprefix('torch.')}.",
+        "",
+        f"Parameters ({counted}):",
+        "",
+        parts_table,
+        "",
+        "## How to use",
+        "",
+        "With `AutoModelForImageTextToText` and the processor (the processor prepares one pixel tensor per expert):",
+        "",
+        "```python",
+        AUTOMODEL_SNIPPET.format(repo=repo),
+        "```",
+        "",
+        'With the `pipeline("image-text-to-text")`, chat-style:',
+        "",
+        "```python",
+        PIPELINE_SNIPPET.format(repo=repo),
+        "```",
+        "",
+        "## Training",
+        "",
+        _training_section(training, source),
+        "",
+        "## Evaluation",
+        "",
+        _eval_section(eval_results),
+        "",
+        "## Limitations",
+        "",
+        LIMITATIONS,
+        "",
+        "## Citation",
+        "",
+        "```bibtex",
+        CITATION,
+        "```",
+        "",
+    ]
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(sections))
+
+
+def _processor_mode(folder: Path) -> str | None:
+    path = folder / "processor_config.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text()).get("image_processor", {}).get("mode")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+
+
+def model_card_for_folder(
+    folder,
+    *,
+    source: str | None = None,
+    training=None,
+    eval_results=None,
+    repo_id: str | None = None,
+    license: str | None = None,
+    base_model=None,
+    notes: str | None = None,
+) -> ModelCard:
+    """The ``ModelCard`` of an Eagle folder. ``training`` / ``eval_results``: a dict (list), a JSON path, or None to
+    read ``training.json`` / ``eval_results.json`` from the folder when present. ``source``: the checkpoint a
+    converted folder came from. ``repo_id`` goes into the usage snippets (a placeholder when None)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CardError(f"{folder}: not a folder")
+    config = _load_config(folder)
+    return build_card(
+        config,
+        parameter_counts(folder),
+        repo_id=repo_id,
+        folder_name=folder.resolve().name,
+        source=source,
+        training=load_training(training, folder),
+        eval_results=load_eval_results(eval_results, folder),
+        license=license,
+        base_model=base_model,
+        notes=notes,
+        processor_mode=_processor_mode(folder),
+    )
+
+
+def write_model_card(folder, **kwargs) -> Path:
+    """Write ``<folder>/README.md`` from :func:`model_card_for_folder` (same keyword arguments); returns its path.
+    A dict ``training`` is also saved as ``<folder>/training.json`` so later cards keep it."""
+    folder = Path(folder)
+    card = model_card_for_folder(folder, **kwargs)
+    if isinstance(kwargs.get("training"), dict):
+        (folder / TRAINING_FILE).write_text(json.dumps(kwargs["training"], indent=2, default=str) + "\n")
+    path = folder / "README.md"
+    card.save(path)
+    return path
+
+
+def card_snippets(card) -> list[str]:
+    """The ```python blocks of a card (``ModelCard`` or its text), in order."""
+    return re.findall(r"```python\n(.*?)```", str(card), flags=re.S)
+
+
+def converted_model_card(config, source: str, report: str, repo: str = "path/to/this/folder") -> ModelCard:
+    """The card of a folder converted from an NVEagle checkpoint; names the source. Parameters are counted from the
+    config (``model_card_for_folder`` reads them from the written weights instead)."""
+    repo_id = repo if _looks_like_hub_id(repo) else None
+    card = build_card(
+        config,
+        _shape_counts(_counts_from_config(config), "config"),
+        repo_id=repo_id,
+        folder_name=Path(str(source)).name or "eagle",
+        source=str(source),
+        notes=f"Conversion: {report}.",
+        processor_mode="released",
+    )
+    if repo_id is None and repo != PLACEHOLDER_REPO:
+        card.text = card.text.replace(PLACEHOLDER_REPO, repo)
+    return card

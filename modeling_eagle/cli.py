@@ -3,6 +3,8 @@
     eagle init --preset eagle-x5-tiny --output ./eagle-tiny      # random, Hub-ready folder
     eagle generate --model ./eagle-tiny --image cat.png --prompt "What is in the picture?"
     eagle convert ./Eagle-X5-7B ./eagle-x5-7b-hf                 # a released NVEagle checkpoint, converted
+    eagle push ./eagle-tiny --repo-id me/eagle-tiny --dry-run    # validate, list what would be uploaded
+    eagle demo ./eagle-tiny --port 7860                          # the Gradio Space app, locally
 
 A user error (a missing file, a bad preset, an existing output) prints one line saying what is wrong and what
 to do, and exits with status 2; ``--debug`` shows the full traceback instead.
@@ -97,11 +99,80 @@ def _cmd_train(args) -> None:
     print(f"stage folders under {args.output}; summary.json has the full numbers")
 
 
+def _cmd_quickstart(args) -> None:
+    from training.quickstart import Budget, format_report, quickstart
+
+    budget = Budget()
+    for field in ("n_images", "prealign_steps", "align_steps", "sft_steps"):
+        if getattr(args, field) is not None:
+            setattr(budget, field, getattr(args, field))
+    report = quickstart(args.output, seed=args.seed, budget=budget, ablate=args.ablate)
+    print(format_report(report))
+
+
 def _cmd_data_synth(args) -> None:
     from training.synth import generate
 
     manifest = generate(args.output, n=args.n, seed=args.seed)
     print(f"wrote synthetic data to {args.output}: {manifest}")
+
+
+def _cmd_push(args) -> None:
+    from hub_cards.push import PushError, push_folder
+
+    try:
+        result = push_folder(
+            args.folder,
+            args.repo_id,
+            private=args.private,
+            revision=args.revision,
+            create_pr=args.create_pr,
+            dry_run=args.dry_run,
+            load=not args.skip_load_check,
+            commit_message=args.commit_message,
+        )
+    except PushError as error:
+        raise UserError(str(error)) from error
+    for check in result.checks:
+        print(f"ok: {check}")
+    target = "a pull request on main" if args.create_pr else f"branch {args.revision or 'main'}"
+    if result.dry_run:
+        print(
+            f"dry run: would upload {len(result.files)} files ({result.total_bytes:,} bytes) "
+            f"to {args.repo_id}, {target}:"
+        )
+        for name, size in result.files:
+            note = " (generated from the folder)" if name == "README.md" and result.card_generated else ""
+            print(f"  {name}  {size:,} bytes{note}")
+        if not result.token_found:
+            print("note: no Hugging Face token found; before pushing, run `hf auth login` or set HF_TOKEN")
+        return
+    if result.card_generated:
+        print(f"wrote the model card {Path(args.folder) / 'README.md'}")
+    print(f"uploaded {len(result.files)} files ({result.total_bytes:,} bytes) to {args.repo_id}, {target}")
+    print(result.pr_url or result.commit_url or f"https://huggingface.co/{args.repo_id}")
+
+
+def _cmd_demo(args) -> None:
+    import importlib.util
+    import re
+
+    folder = Path(args.model)
+    if not folder.exists() and (
+        args.model.startswith((".", "/", "~")) or not re.match(r"^[\w.-]+/[\w.-]+$", args.model)
+    ):
+        raise UserError(f"{args.model}: no such folder (pass a model folder or a Hub repo id ORG/NAME)")
+    if importlib.util.find_spec("gradio") is None:
+        raise UserError("the demo needs gradio: pip install 'eagle-hub[demo]'")
+    app_path = Path(__file__).resolve().parents[1] / "hub_cards" / "space" / "app.py"
+    if not app_path.is_file():
+        raise UserError(f"the Space app is missing ({app_path}); run from a checkout or an editable install")
+    spec = importlib.util.spec_from_file_location("eagle_space_app", app_path)
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    argv = ["--model", str(folder.resolve()) if folder.exists() else args.model, "--host", args.host]
+    argv += ["--port", str(args.port), "--max-new-tokens", str(args.max_new_tokens)]
+    app.main(argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,6 +240,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data-root", help="folder that relative data paths in the recipe start from")
     train.set_defaults(func=_cmd_train)
 
+    quick = commands.add_parser(
+        "quickstart",
+        help="train a small Eagle-X5 end to end on this CPU and serve it (nothing downloaded)",
+        description="Make synthetic visual questions, train eagle-x5-small through the three stages, measure "
+        "held-out exact match per question type, write a Hub-ready folder (OUTPUT/model) with eval_results.json "
+        "and a model card, then load it in a fresh process with trust_remote_code and answer through a pipeline.",
+    )
+    quick.add_argument("--output", default="eagle-quickstart", help="folder to create (default eagle-quickstart)")
+    quick.add_argument("--seed", type=int, default=0, help="seed for data and training (default 0)")
+    quick.add_argument("--ablate", action="store_true", help="also train single-expert and no-pre-alignment variants")
+    quick.add_argument("--n-images", type=int, help="synthetic images (default 3000)")
+    quick.add_argument("--prealign-steps", type=int, help="steps per expert in stage 1 (default 30)")
+    quick.add_argument("--align-steps", type=int, help="steps of stage 2 (default 50)")
+    quick.add_argument("--sft-steps", type=int, help="steps of stage 3 (default 800)")
+    quick.set_defaults(func=_cmd_quickstart)
+
     data = commands.add_parser("data", help="dataset tools", description="Dataset tools.")
     data_commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
     synth = data_commands.add_parser(
@@ -181,6 +268,40 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--n", type=int, default=512, help="number of images (default 512)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     synth.set_defaults(func=_cmd_data_synth)
+
+    push = commands.add_parser(
+        "push",
+        help="validate a model folder, then upload it to the Hugging Face Hub",
+        description="Check that a folder is Hub-ready (config with auto_map and its code files, processor, "
+        "tokenizer, chat template, safetensors weights, model card metadata), load it in a fresh process with "
+        "trust_remote_code and run one forward pass, then create the repo if needed and upload the folder. "
+        "A folder without README.md gets a generated model card. Needs a token: `hf auth login` or HF_TOKEN.",
+    )
+    push.add_argument("folder", help="the model folder (from `eagle init`, `eagle convert` or `eagle train`)")
+    push.add_argument("--repo-id", required=True, help="the Hub repo, ORG/NAME")
+    push.add_argument("--private", action="store_true", help="create the repo as private (if it does not exist)")
+    push.add_argument("--revision", help="branch to upload to (created if missing; default main)")
+    push.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing to main")
+    push.add_argument("--commit-message", help="the commit message (default names the folder)")
+    push.add_argument("--dry-run", action="store_true", help="validate and list what would be uploaded; send nothing")
+    push.add_argument(
+        "--skip-load-check",
+        action="store_true",
+        help="skip the fresh-process load and forward pass (for models too large for this machine)",
+    )
+    push.set_defaults(func=_cmd_push)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the Gradio demo (the Space app) on a model folder, locally",
+        description="Serve hub_cards/space/app.py for a local model folder or a Hub repo id: upload an image, ask "
+        "a question, watch the answer stream. Needs the demo extra: pip install 'eagle-hub[demo]'.",
+    )
+    demo.add_argument("model", help="model folder, or a Hub repo id ORG/NAME")
+    demo.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
+    demo.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
+    demo.add_argument("--max-new-tokens", type=int, default=128, help="default answer length (default 128)")
+    demo.set_defaults(func=_cmd_demo)
     return parser
 
 
@@ -192,10 +313,13 @@ def main(argv=None) -> int:
         return 2
     try:
         args.func(args)
-    except UserError as error:
+    except (UserError, ValueError, FileNotFoundError, FileExistsError, PermissionError) as error:
+        # Bad input (files, configs, recipes, images, prompts) is reported in one line; the library's own errors
+        # are ValueErrors that name the input. Anything else is a bug and keeps its traceback.
         if args.debug:
             raise
-        print(f"eagle {args.command}: error: {error}", file=sys.stderr)
+        message = " ".join(str(error).split())
+        print(f"eagle {args.command}: error: {message} (--debug shows the traceback)", file=sys.stderr)
         return 2
     return 0
 

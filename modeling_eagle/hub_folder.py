@@ -106,9 +106,12 @@ def save_folder(
     config: EagleConfig | None = None,
     overwrite: bool = False,
     subfolders: dict[str, Path] | None = None,
+    extra_files: dict[str, str] | None = None,
+    card=None,
 ):
     """Write a Hub-ready folder atomically. Without ``model``, everything but the weights is written.
-    ``subfolders`` (name -> existing folder) are copied in, inside the same atomic move."""
+    ``subfolders`` (name -> existing folder) and ``extra_files`` (name -> text) go in too, and ``card(folder)``
+    writes the model card last, all inside the same atomic move."""
     config = model.config if model is not None else config
     with staged_folder(output_dir, overwrite) as staging:
         write_folder_files(staging, processor, config)
@@ -117,6 +120,10 @@ def save_folder(
             model.save_pretrained(staging)
         for name, folder in (subfolders or {}).items():
             shutil.copytree(folder, staging / name)
+        for name, text in (extra_files or {}).items():
+            (staging / name).write_text(text)
+        if card is not None:
+            card(staging)
     return Path(output_dir)
 
 

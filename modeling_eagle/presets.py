@@ -155,6 +155,92 @@ TINY_EXPERTS = {
     },
 }
 
+# All five expert types at widths and resolutions a 2-core CPU trains in minutes (the quickstart's model):
+# 64 px inputs, 8x8 patch grids, a 8x8 shared grid (64 image tokens).
+SMALL_EXPERTS = {
+    "clip": {
+        "type": "clip",
+        "image_size": 64,
+        "image_mean": CLIP_MEAN,
+        "image_std": CLIP_STD,
+        "config": {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "patch_size": 8,
+            "image_size": 64,
+        },
+    },
+    "convnext": {
+        "type": "convnext",
+        "image_size": 64,
+        "image_mean": CLIP_MEAN,
+        "image_std": CLIP_STD,
+        "config": {"hidden_sizes": [16, 32, 48, 64], "depths": [1, 1, 1, 1], "patch_size": 2, "layer_norm_eps": 1e-5},
+    },
+    "sam": {
+        "type": "sam",
+        "image_size": 64,
+        "pixel_unshuffle": 2,
+        "image_mean": IMAGENET_MEAN,
+        "image_std": IMAGENET_STD,
+        "config": {
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "global_attn_indexes": [1],
+            "mlp_dim": 128,
+            "output_channels": 16,
+            "window_size": 4,
+            "image_size": 64,
+            "patch_size": 4,
+        },
+    },
+    "eva02": {
+        "type": "eva02",
+        "image_size": 64,
+        "image_mean": CLIP_MEAN,
+        "image_std": CLIP_STD,
+        "config": {
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "patch_size": 8,
+            "pretrain_image_size": 64,
+            "window_size": 4,
+        },
+    },
+    "pix2struct": {
+        "type": "pix2struct",
+        "image_size": 64,
+        "max_patches": 64,
+        "config": {
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "d_kv": 32,
+            "d_ff": 128,
+            "patch_size": 8,
+            "patch_embed_hidden_size": 192,
+            "seq_len": 64,
+            "layer_norm_eps": 1e-6,
+            "dense_act_fn": "gelu_new",
+        },
+    },
+}
+
+SMALL_LLAMA = {
+    "model_type": "llama",
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 512,
+    "rms_norm_eps": 1e-5,
+}
+
 VICUNA_7B = {
     "model_type": "llama",
     "hidden_size": 4096,
@@ -184,6 +270,7 @@ X4 = ("clip", "convnext", "eva02", "pix2struct")
 PRESETS = {
     "eagle-x5": {"experts": X5, "table": FULL_EXPERTS, "text": VICUNA_7B, "grid_size": 32, "image_size": 448},
     "eagle-x4": {"experts": X4, "table": FULL_EXPERTS, "text": VICUNA_7B, "grid_size": 32, "image_size": 448},
+    "eagle-x5-small": {"experts": X5, "table": SMALL_EXPERTS, "text": SMALL_LLAMA, "grid_size": 8},
     "eagle-x5-tiny": {"experts": X5, "table": TINY_EXPERTS, "text": TINY_LLAMA, "grid_size": 4},
     "eagle-x4-tiny": {"experts": X4, "table": TINY_EXPERTS, "text": TINY_LLAMA, "grid_size": 4},
 }

@@ -23,7 +23,6 @@ zero-padded, as transformers' ``Pix2StructImageProcessor`` computes them.
 
 import copy
 import math
-import os
 from typing import Any
 
 import numpy as np
@@ -396,7 +395,7 @@ class EagleImageProcessor(PilBackend):
         """Convert one input (a path, PIL image, numpy array or torch tensor) to an RGB PIL image; errors name the
         input."""
         where = f"image {index}"
-        if isinstance(image, (str, os.PathLike, Image.Image)):
+        if isinstance(image, (str, Image.Image)) or hasattr(image, "__fspath__"):
             image = open_image(image, where, self.max_image_pixels)
             if image.width == 0 or image.height == 0:
                 raise ValueError(

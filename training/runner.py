@@ -22,6 +22,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.utils import logging
 from trl import SFTConfig
 
+from hub_cards.model_card import TRAINING_FILE, training_info_from_recipe, write_model_card
 from modeling_eagle.hub_folder import build_processor, save_folder
 from modeling_eagle.modeling_eagle import EagleForConditionalGeneration, EagleMultiModalProjector
 
@@ -288,6 +289,15 @@ def run_recipe(recipe, output_dir, resume: bool = False, dataset_loader=None) ->
         model = eagle_of(model)
         model.config.use_cache = model.config.text_config.use_cache = True  # TRL turns it off to train
         if is_main_process():
-            save_folder(stage_dir, processor, model=model, overwrite=True, subfolders=subfolders)
+            training = training_info_from_recipe(recipe, summaries, upto=stage.name)
+            save_folder(
+                stage_dir,
+                processor,
+                model=model,
+                overwrite=True,
+                subfolders=subfolders,
+                extra_files={TRAINING_FILE: json.dumps(training, indent=2)},
+                card=lambda folder, training=training: write_model_card(folder, training=training),
+            )
             (output / "summary.json").write_text(json.dumps(summaries, indent=2, default=str))
     return summaries

@@ -1,0 +1,223 @@
+"""``eagle quickstart``: train a small Eagle-X5 end to end on this CPU, nothing downloaded.
+
+Synthetic visual questions (``training.synth``), the three stages with the same runner as any recipe, held-out
+exact-match accuracy per question type, a Hub-ready folder with ``eval_results.json`` and a model card, then a
+fresh process that loads the folder with ``trust_remote_code`` (the package blocked) and answers through
+``pipeline("image-text-to-text")``. ``ablate=True`` also trains single-expert and no-pre-alignment variants on the
+same data and budget.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers.utils import logging
+
+from .recipe import parse_recipe
+from .runner import run_recipe
+from .synth import COLOURS, SHAPES, WORDS, generate
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass
+class Budget:
+    """Data and steps; the default is the README's run (under 15 minutes on 2 CPU cores)."""
+
+    n_images: int = 3000
+    prealign_steps: int = 30
+    align_steps: int = 50
+    sft_steps: int = 800
+    batch_size: int = 16
+    lr: float = 1e-3
+
+
+def quickstart_recipe(data: Path, seed: int, budget: Budget, experts=None, prealign: bool = True) -> dict:
+    corpus = list(WORDS) + [str(c) for c in COLOURS] + list(SHAPES) + [str(i) for i in range(10)]
+    model = {"preset": "eagle-x5-small", "tokenizer_corpus": corpus}
+    if experts:
+        model["overrides"] = {"experts": list(experts)}
+    common = {
+        "batch_size": budget.batch_size,
+        "schedule": "cosine",
+        "warmup_ratio": 0.05,
+        "save_steps": 10**6,
+        "logging_steps": 10,
+    }
+    stages = []
+    if prealign:
+        stages.append(
+            {
+                "name": "stage1-prealign",
+                "kind": "prealign",
+                "train": ["experts", "projector"],
+                "data": {"format": "hf", "path": "hf/sft"},
+                "lr": {"vision": budget.lr, "projector": budget.lr},
+                "max_steps": budget.prealign_steps,
+                **common,
+            }
+        )
+    stages.append(
+        {
+            "name": "stage2-align",
+            "kind": "align",
+            "train": ["projector"],
+            "data": {"format": "hf", "path": "hf/captions"},
+            "lr": {"projector": budget.lr},
+            "max_steps": budget.align_steps,
+            **common,
+        }
+    )
+    stages.append(
+        {
+            "name": "stage3-sft",
+            "kind": "sft",
+            "train": ["experts", "projector", "llm"],
+            "data": {"format": "hf", "path": "hf/sft"},
+            "lr": {"vision": budget.lr, "projector": budget.lr, "llm": budget.lr},
+            "max_steps": budget.sft_steps,
+            **common,
+        }
+    )
+    return {"model": model, "seed": seed, "data_root": str(data), "stages": stages}
+
+
+def evaluate(folder: Path, heldout, batch_size: int = 32) -> dict:
+    """Held-out exact-match accuracy per question type (greedy answers, case and spaces ignored)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(folder)
+    model = AutoModelForImageTextToText.from_pretrained(folder).eval()
+    right, total = Counter(), Counter()
+    rows = list(heldout)
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        texts = [processor.apply_chat_template(r["messages"][:1], add_generation_prompt=True) for r in batch]
+        inputs = processor(images=[r["images"] for r in batch], text=texts, return_tensors="pt", padding=True)
+        with torch.inference_mode():
+            output = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+        answers = processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        for row, answer in zip(batch, answers):
+            total[row["type"]] += 1
+            right[row["type"]] += answer.strip().lower() == row["answer"].strip().lower()
+    return {kind: {"accuracy": right[kind] / total[kind], "n": total[kind]} for kind in sorted(total)}
+
+
+def eval_results_file(accuracy: dict, n_images: int) -> dict:
+    """The folder's eval_results.json: what the model card's model-index is built from."""
+    metrics = [
+        {"name": f"exact match ({kind})", "type": "exact_match", "value": round(entry["accuracy"], 4)}
+        for kind, entry in accuracy.items()
+    ]
+    return {
+        "task": {"type": "visual-question-answering", "name": "Visual question answering"},
+        "dataset": {"name": f"eagle synthetic shapes ({n_images} images, held-out split)", "type": "synthetic"},
+        "metrics": metrics,
+    }
+
+
+FRESH_PROCESS = r"""
+import importlib.abc, json, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in {"modeling_eagle", "processing", "training", "hub_cards"}:
+            raise ImportError(name + " is not needed: the folder carries its code")
+sys.meta_path.insert(0, Block())
+sys.path = [p for p in sys.path if p not in ("", ".")]
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
+folder, samples = sys.argv[1], json.loads(sys.argv[2])
+model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True)
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+pipe = pipeline("image-text-to-text", model=model, processor=processor)
+chats = [[{"role": "user", "content": [{"type": "image", "image": Image.open(s["image"]).convert("RGB")},
+          {"type": "text", "text": s["question"]}]}] for s in samples]
+for sample, result in zip(samples, pipe(text=chats, max_new_tokens=8, batch_size=len(chats))):
+    print(json.dumps({**sample, "answer": result[0]["generated_text"][-1]["content"].strip()}))
+"""
+
+
+def answer_in_fresh_process(folder: Path, samples: list[dict]) -> list[dict]:
+    """Load ``folder`` in a new Python process that cannot import this package, and answer through a pipeline."""
+    result = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS, str(folder), json.dumps(samples)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=folder,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"the fresh process could not load {folder}:\n{result.stderr[-3000:]}")
+    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
+def train_variant(output: Path, data: Path, seed: int, budget: Budget, experts=None, prealign=True) -> Path:
+    recipe = parse_recipe(quickstart_recipe(data, seed, budget, experts, prealign), output)
+    run_recipe(recipe, output)
+    return output / "stage3-sft"
+
+
+def quickstart(output="eagle-quickstart", seed: int = 0, budget: Budget | None = None, ablate: bool = False) -> dict:
+    """Run the whole quickstart into ``output``; returns accuracies, timings and the sample answers."""
+    from datasets import load_from_disk
+
+    from hub_cards.model_card import write_model_card
+
+    budget = budget or Budget()
+    output = Path(output)
+    if output.exists() and any(output.iterdir()):
+        raise FileExistsError(f"{output} is not empty; choose another --output or remove it")
+    started = time.perf_counter()
+    data = output / "data"
+    generate(data, n=budget.n_images, seed=seed, image_size=128)
+    heldout = load_from_disk(str(data / "hf" / "sft_heldout"))
+
+    trained = train_variant(output / "run", data, seed, budget)
+    accuracy = evaluate(trained, heldout)
+    model_dir = output / "model"
+    shutil.copytree(trained, model_dir)
+    (model_dir / "eval_results.json").write_text(json.dumps(eval_results_file(accuracy, budget.n_images), indent=2))
+    stages = json.loads((output / "run" / "summary.json").read_text())
+    training = {"stages": [{"name": name, "data": "synthetic shapes"} for name in stages], "budget": budget.__dict__}
+    (model_dir / "training.json").write_text(json.dumps(training, indent=2))
+    write_model_card(model_dir)
+    train_seconds = time.perf_counter() - started
+
+    samples = []
+    for row in list(heldout)[:5]:
+        image_path = model_dir / f"sample-{len(samples)}.png"
+        row["images"][0].save(image_path)
+        question = next(b["text"] for b in row["messages"][0]["content"] if b["type"] == "text")
+        samples.append({"image": str(image_path), "question": question, "expected": row["answer"]})
+    answers = answer_in_fresh_process(model_dir, samples)
+
+    report = {"accuracy": accuracy, "seconds": train_seconds, "answers": answers, "folder": str(model_dir)}
+    if ablate:
+        variants = {f"only {name}": {"experts": [name]} for name in ("clip", "convnext", "sam", "eva02", "pix2struct")}
+        variants["all experts, no pre-alignment"] = {"prealign": False}
+        report["ablation"] = {"all experts (quickstart)": accuracy}
+        for label, change in variants.items():
+            folder = train_variant(output / "ablation" / label.replace(" ", "-"), data, seed, budget, **change)
+            report["ablation"][label] = evaluate(folder, heldout)
+    (output / "quickstart.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def format_report(report: dict) -> str:
+    kinds = sorted(report["accuracy"])
+    lines = ["held-out exact match: " + ", ".join(f"{k} {report['accuracy'][k]['accuracy']:.1%}" for k in kinds)]
+    lines.append(f"time: {report['seconds'] / 60:.1f} min; folder: {report['folder']}")
+    for answer in report["answers"]:
+        question, expected = answer["question"], answer["expected"]
+        lines.append(f"{answer['image']}: {question!r} -> {answer['answer']!r} (expected {expected!r})")
+    if "ablation" in report:
+        lines.append(f"{'variant':<34}" + "".join(f"{k:>10}" for k in kinds))
+        for label, accuracy in report["ablation"].items():
+            lines.append(f"{label:<34}" + "".join(f"{accuracy[k]['accuracy']:>10.1%}" for k in kinds))
+    return "\n".join(lines)
