@@ -19,16 +19,15 @@ The upload is ``HfApi.create_repo(exist_ok=True)`` (+ ``create_branch`` for ``re
 """
 
 import json
-import os
 import re
 import subprocess
-import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from huggingface_hub.utils import filter_repo_objects
 from huggingface_hub.utils._paths import DEFAULT_IGNORE_PATTERNS
+
+from .fresh_process import run_without_package
 
 REQUIRED_AUTO_MAP = ("AutoConfig", "AutoModel", "AutoModelForImageTextToText", "AutoModelForCausalLM")
 IGNORE_PATTERNS = ["__pycache__", "__pycache__/*", "**/__pycache__/*", "*.pyc", ".ipynb_checkpoints/*", ".DS_Store"]
@@ -219,15 +218,7 @@ def static_problems(folder) -> list[str]:
 # ---------------------------------------------------------------------------------------- fresh-process loading
 
 LOAD_CHECK = r"""
-import importlib.abc, json, sys, traceback
-
-class _Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name.split(".")[0] in {"modeling_eagle", "processing", "training", "hub_cards"}:
-            raise ImportError(f"the folder's code imports {name}, which Hub users do not have")
-
-sys.meta_path.insert(0, _Block())
-sys.path = [p for p in sys.path if p not in ("", ".")]
+import json, traceback
 stage = "import"
 try:
     import torch
@@ -265,26 +256,10 @@ def load_check(folder, *, timeout: float = 1800, python: str | None = None) -> d
     """Load ``folder`` in a fresh process without this package (trust_remote_code) and run one forward pass.
     Returns what loaded (classes, logits shape, parameters); raises PushError with the failing stage."""
     folder = Path(folder).resolve()
-    with tempfile.TemporaryDirectory(prefix="eagle-load-check-") as scratch:
-        env = {
-            **os.environ,
-            "HF_HUB_OFFLINE": "1",
-            "HF_MODULES_CACHE": str(Path(scratch) / "modules"),
-            "TRANSFORMERS_VERBOSITY": "error",
-            "TOKENIZERS_PARALLELISM": "false",
-        }
-        env.pop("PYTHONPATH", None)
-        try:
-            done = subprocess.run(
-                [python or sys.executable, "-c", LOAD_CHECK, str(folder)],
-                capture_output=True,
-                text=True,
-                cwd=scratch,
-                env=env,
-                timeout=timeout,
-            )
-        except subprocess.TimeoutExpired as error:
-            raise PushError(f"{folder}: loading in a fresh process took more than {timeout:.0f} s") from error
+    try:
+        done = run_without_package(LOAD_CHECK, folder, timeout=timeout, python=python)
+    except subprocess.TimeoutExpired as error:
+        raise PushError(f"{folder}: loading in a fresh process took more than {timeout:.0f} s") from error
     for line in done.stdout.splitlines():
         if line.startswith("LOAD-CHECK-OK "):
             return json.loads(line.removeprefix("LOAD-CHECK-OK "))

@@ -9,8 +9,6 @@ same data and budget.
 
 import json
 import shutil
-import subprocess
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -123,13 +121,7 @@ def eval_results_file(accuracy: dict, n_images: int) -> dict:
 
 
 FRESH_PROCESS = r"""
-import importlib.abc, json, sys
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name.split(".")[0] in {"modeling_eagle", "processing", "training", "hub_cards"}:
-            raise ImportError(name + " is not needed: the folder carries its code")
-sys.meta_path.insert(0, Block())
-sys.path = [p for p in sys.path if p not in ("", ".")]
+import json
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
 folder, samples = sys.argv[1], json.loads(sys.argv[2])
@@ -145,13 +137,9 @@ for sample, result in zip(samples, pipe(text=chats, max_new_tokens=8, batch_size
 
 def answer_in_fresh_process(folder: Path, samples: list[dict]) -> list[dict]:
     """Load ``folder`` in a new Python process that cannot import this package, and answer through a pipeline."""
-    result = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS, str(folder), json.dumps(samples)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=folder,
-    )
+    from hub_cards.fresh_process import run_without_package
+
+    result = run_without_package(FRESH_PROCESS, folder, json.dumps(samples), timeout=900)
     if result.returncode != 0:
         raise RuntimeError(f"the fresh process could not load {folder}:\n{result.stderr[-3000:]}")
     return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
