@@ -29,11 +29,13 @@ class Budget:
     """Data and steps; the default is the README's run (under 15 minutes on 2 CPU cores)."""
 
     n_images: int = 3000
-    prealign_steps: int = 30
-    align_steps: int = 50
-    sft_steps: int = 800
+    prealign_steps: int = 20
+    align_steps: int = 30
+    sft_steps: int = 1200
     batch_size: int = 16
-    lr: float = 1e-3
+    vision_lr: float = 3e-3
+    projector_lr: float = 2e-3
+    llm_lr: float = 1e-3
 
 
 def quickstart_recipe(data: Path, seed: int, budget: Budget, experts=None, prealign: bool = True) -> dict:
@@ -56,7 +58,7 @@ def quickstart_recipe(data: Path, seed: int, budget: Budget, experts=None, preal
                 "kind": "prealign",
                 "train": ["experts", "projector"],
                 "data": {"format": "hf", "path": "hf/sft"},
-                "lr": {"vision": budget.lr, "projector": budget.lr},
+                "lr": {"vision": budget.vision_lr, "projector": budget.projector_lr},
                 "max_steps": budget.prealign_steps,
                 **common,
             }
@@ -67,7 +69,7 @@ def quickstart_recipe(data: Path, seed: int, budget: Budget, experts=None, preal
             "kind": "align",
             "train": ["projector"],
             "data": {"format": "hf", "path": "hf/captions"},
-            "lr": {"projector": budget.lr},
+            "lr": {"projector": budget.projector_lr},
             "max_steps": budget.align_steps,
             **common,
         }
@@ -78,7 +80,7 @@ def quickstart_recipe(data: Path, seed: int, budget: Budget, experts=None, preal
             "kind": "sft",
             "train": ["experts", "projector", "llm"],
             "data": {"format": "hf", "path": "hf/sft"},
-            "lr": {"vision": budget.lr, "projector": budget.lr, "llm": budget.lr},
+            "lr": {"vision": budget.vision_lr, "projector": budget.projector_lr, "llm": budget.llm_lr},
             "max_steps": budget.sft_steps,
             **common,
         }
