@@ -6,8 +6,11 @@
 - ``FrozenWeightsCallback``: fingerprints every frozen tensor at the start and checks, bit for bit, that none
   moved by the end.
 - ``StageSummaryCallback``: collects loss, tokens/s and timings for the stage summary.
+- ``SaveFolderCallback``: writes the trained model as a Hub-ready folder when training ends (a LoRA stage saves
+  its adapter beside it and the merged model in it).
 """
 
+import json
 import time
 
 import torch
@@ -131,3 +134,42 @@ class StageSummaryCallback(TrainerCallback):
             "tokens_per_second": self.tokens / self.seconds if self.seconds else None,
             "seconds": self.seconds,
         }
+
+
+class SaveFolderCallback(TrainerCallback):
+    """At the end of training, writes the model as a Hub-ready folder with its model card (main process only).
+
+    Under PEFT the adapter (LoRA and the projector copy) goes to ``adapter_folder`` and the folder holds the merged
+    model. ``self.model`` is then the plain Eagle the next stage continues from, on every process.
+    ``training`` is the card's training record; the stage's final loss is filled in from ``summary``.
+    """
+
+    def __init__(self, folder, processor, *, training=None, summary=None, adapter_folder=None):
+        self.folder, self.processor, self.adapter_folder = folder, processor, adapter_folder
+        self.training, self.summary = training, summary
+        self.model = None
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        from hub_cards.model_card import TRAINING_FILE, write_model_card
+        from modeling_eagle.hub_folder import save_folder
+
+        if hasattr(model, "merge_and_unload"):
+            if state.is_world_process_zero:
+                model.save_pretrained(self.adapter_folder)
+            model = model.merge_and_unload()
+        model = eagle_of(model)
+        model.config.use_cache = model.config.text_config.use_cache = True  # TRL turns it off to train
+        self.model = model
+        if not state.is_world_process_zero:
+            return
+        training = json.loads(json.dumps(self.training)) if self.training else None
+        if training and self.summary is not None and self.summary.losses:
+            training["stages"][-1]["final_loss"] = self.summary.losses[-1]
+        save_folder(
+            self.folder,
+            self.processor,
+            model=model,
+            overwrite=True,
+            extra_files={TRAINING_FILE: json.dumps(training, indent=2)} if training else None,
+            card=lambda folder: write_model_card(folder, training=training),
+        )

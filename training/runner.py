@@ -28,10 +28,10 @@ from modeling_eagle.modeling_eagle import EagleForConditionalGeneration, EagleMu
 
 from .callbacks import (
     FrozenWeightsCallback,
+    SaveFolderCallback,
     StageSetupCallback,
     StageSummaryCallback,
     TrainableParametersCallback,
-    eagle_of,
 )
 from .collator import make_collator
 from .recipe import Recipe, Stage, check_trainable_names, load_recipe
@@ -115,8 +115,11 @@ def last_checkpoint(folder: Path) -> str | None:
     return str(max(done, key=lambda p: int(p.name.split("-")[-1]))) if done else None
 
 
-def build_trainer(model, processor, stage: Stage, dataset, checkpoints: Path, seed: int) -> EagleSFTTrainer:
-    """The stage's SFTTrainer: per-group learning rates, the stage callbacks, LoRA when the stage asks for it."""
+def build_trainer(
+    model, processor, stage: Stage, dataset, checkpoints: Path, seed: int, save: SaveFolderCallback | None = None
+) -> EagleSFTTrainer:
+    """The stage's SFTTrainer: per-group learning rates, the stage callbacks (``save`` writes the result), LoRA
+    when the stage asks for it."""
     peft_config = None
     if stage.lora is not None:
         from peft import LoraConfig
@@ -129,6 +132,9 @@ def build_trainer(model, processor, stage: Stage, dataset, checkpoints: Path, se
             target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
             modules_to_save=["multi_modal_projector"] if "projector" in stage.train else None,
         )
+    summary = StageSummaryCallback()
+    if save is not None:
+        save.summary = summary
     return EagleSFTTrainer(
         model=model,
         args=stage_arguments(stage, checkpoints, seed),
@@ -139,16 +145,19 @@ def build_trainer(model, processor, stage: Stage, dataset, checkpoints: Path, se
             StageSetupCallback(stage.train),
             TrainableParametersCallback(),
             FrozenWeightsCallback(),
-            StageSummaryCallback(),
+            summary,
+            *([save] if save is not None else []),
         ],
         peft_config=peft_config,
         group_lr=stage.lr,
     )
 
 
-def train_stage(model, processor, stage: Stage, dataset, checkpoints: Path, recipe: Recipe, resume: bool) -> dict:
+def train_stage(
+    model, processor, stage: Stage, dataset, checkpoints: Path, recipe: Recipe, resume: bool, save=None
+) -> dict:
     """Train ``model`` for one stage; returns its summary (and the trainer, under ``"trainer"``)."""
-    trainer = build_trainer(model, processor, stage, dataset, checkpoints, recipe.seed)
+    trainer = build_trainer(model, processor, stage, dataset, checkpoints, recipe.seed, save)
     trainer.train(resume_from_checkpoint=last_checkpoint(checkpoints) if resume else None)
     trainer.accelerator.wait_for_everyone()
     summary = trainer.callback_handler.callbacks
@@ -203,12 +212,11 @@ def run_prealign(model, processor, stage, dataset_for, output: Path, recipe: Rec
         logger.info("stage %s: pre-aligning expert %s", stage.name, name)
         expert_stage = copy.copy(stage)
         expert_stage.train = [name, "projector"]
+        save = SaveFolderCallback(expert_dir, single_processor)
         result = train_stage(
-            single, single_processor, expert_stage, dataset_for(stage), experts_dir.parent / name, recipe, resume
+            single, single_processor, expert_stage, dataset_for(stage), experts_dir.parent / name, recipe, resume, save
         )
         result.pop("trainer")
-        if is_main_process():
-            save_folder(expert_dir, single_processor, model=single, overwrite=True)
         summaries[name] = result
     # The fused projector of the next stage starts fresh (EAGLE-X5.md §5).
     fused = model.model.multi_modal_projector
@@ -271,33 +279,30 @@ def run_recipe(recipe, output_dir, resume: bool = False, dataset_loader=None) ->
             processor = AutoProcessor.from_pretrained(stage_dir)
             continue
         logger.info("stage %s (%s): training %s", stage.name, stage.kind, ", ".join(stage.train))
-        subfolders = None
+        training = training_info_from_recipe(recipe, summaries, upto=stage.name)
         if stage.kind == "prealign":
             summaries[stage.name] = run_prealign(model, processor, stage, dataset_for, output, recipe, resume)
-            subfolders = {"experts": output / "checkpoints" / stage.name / "experts"}
+            # Several trainers made this stage, so its folder (with each pre-aligned expert) is written here.
+            model.config.use_cache = model.config.text_config.use_cache = True
+            if is_main_process():
+                save_folder(
+                    stage_dir,
+                    processor,
+                    model=model,
+                    overwrite=True,
+                    subfolders={"experts": output / "checkpoints" / stage.name / "experts"},
+                    extra_files={TRAINING_FILE: json.dumps(training, indent=2)},
+                    card=lambda folder, training=training: write_model_card(folder, training=training),
+                )
         else:
+            adapter = stage_dir.with_name(stage.name + "-adapter")
+            save = SaveFolderCallback(stage_dir, processor, training=training, adapter_folder=adapter)
             result = train_stage(
-                model, processor, stage, dataset_for(stage), output / "checkpoints" / stage.name, recipe, resume
+                model, processor, stage, dataset_for(stage), output / "checkpoints" / stage.name, recipe, resume, save
             )
-            trainer = result.pop("trainer")
-            if stage.lora is not None:
-                peft_model = trainer.model
-                if is_main_process():
-                    peft_model.save_pretrained(stage_dir.with_name(stage.name + "-adapter"))
-                model = peft_model.merge_and_unload()
+            result.pop("trainer")
+            model = save.model
             summaries[stage.name] = result
-        model = eagle_of(model)
-        model.config.use_cache = model.config.text_config.use_cache = True  # TRL turns it off to train
         if is_main_process():
-            training = training_info_from_recipe(recipe, summaries, upto=stage.name)
-            save_folder(
-                stage_dir,
-                processor,
-                model=model,
-                overwrite=True,
-                subfolders=subfolders,
-                extra_files={TRAINING_FILE: json.dumps(training, indent=2)},
-                card=lambda folder, training=training: write_model_card(folder, training=training),
-            )
             (output / "summary.json").write_text(json.dumps(summaries, indent=2, default=str))
     return summaries
