@@ -85,6 +85,12 @@ def _recover(output_dir: Path) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
+def write_processor_files(folder: Path, processor) -> None:
+    processor.save_pretrained(folder)
+    # v5 nests the image processor in processor_config.json; a separate file keeps v4-era readers working.
+    processor.image_processor.save_pretrained(folder)
+
+
 def write_folder_files(folder: Path, processor, config: EagleConfig) -> None:
     """Everything but the weights: config (with ``auto_map``), remote code, generation config and processor."""
     config.auto_map = dict(AUTO_MAP)
@@ -93,9 +99,7 @@ def write_folder_files(folder: Path, processor, config: EagleConfig) -> None:
     custom_object_save(code_owner, folder)
     config.save_pretrained(folder)
     generation_config_for(processor.tokenizer).save_pretrained(folder)
-    processor.save_pretrained(folder)
-    # v5 nests the image processor in processor_config.json; a separate file keeps v4-era readers working.
-    processor.image_processor.save_pretrained(folder)
+    write_processor_files(folder, processor)
 
 
 def save_folder(
@@ -112,12 +116,14 @@ def save_folder(
     """Write a Hub-ready folder atomically. Without ``model``, everything but the weights is written.
     ``subfolders`` (name -> existing folder) and ``extra_files`` (name -> text) go in too, and ``card(folder)``
     writes the model card last, all inside the same atomic move."""
-    config = model.config if model is not None else config
     with staged_folder(output_dir, overwrite) as staging:
-        write_folder_files(staging, processor, config)
-        if model is not None:
+        if model is None:
+            write_folder_files(staging, processor, config)
+        else:  # save_pretrained writes the config, generation config, weights and remote code
+            model.config.auto_map = dict(AUTO_MAP)
             model.generation_config = generation_config_for(processor.tokenizer)
             model.save_pretrained(staging)
+            write_processor_files(staging, processor)
         for name, folder in (subfolders or {}).items():
             shutil.copytree(folder, staging / name)
         for name, text in (extra_files or {}).items():
