@@ -8,11 +8,8 @@ row added, projector and image splice checked against references computed from t
 """
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,6 +20,7 @@ from conftest import make_image
 from safetensors.torch import load_file
 from transformers import AutoProcessor
 
+from hub_cards.fresh_process import run_without_package
 from modeling_eagle import convert_nveagle
 from modeling_eagle.convert_nveagle import ConversionError, convert
 from modeling_eagle.modeling_eagle import EagleForConditionalGeneration
@@ -355,14 +353,7 @@ def test_image_tokens_receive_the_projected_tower_and_text_the_source_embeddings
 
 
 PIPELINE_SCRIPT = r"""
-import importlib.abc, json, sys
-
-class BlockPackage(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name.split(".")[0] in {"modeling_eagle", "processing", "training", "hub_cards"}:
-            raise ImportError(f"{name} must not be needed to load a converted folder")
-
-sys.meta_path.insert(0, BlockPackage())
+import json
 from PIL import Image
 from transformers import pipeline
 
@@ -375,15 +366,7 @@ print(json.dumps({"reply": out[0]["generated_text"][-1], "model_module": type(pi
 
 
 def test_converted_folder_generates_through_a_pipeline_in_a_fresh_process(x4_llama3, tmp_path):
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    run = subprocess.run(
-        [sys.executable, "-c", PIPELINE_SCRIPT, str(x4_llama3.dst)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    run = run_without_package(PIPELINE_SCRIPT, x4_llama3.dst, timeout=600)  # the package cannot be imported there
     assert run.returncode == 0, run.stderr[-4000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["reply"]["role"] == "assistant" and isinstance(result["reply"]["content"], str)

@@ -19,6 +19,8 @@ import pytest
 import torch
 from conftest import make_image
 
+from hub_cards.fresh_process import PRELUDE
+
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = ROOT / "hub_cards" / "space"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -165,19 +167,14 @@ def wait_until_up(process: subprocess.Popen, url: str, log: Path, timeout: float
 
 
 # Runs app.py as a Space does: this package is not installed, the model's own code loads (trust_remote_code).
-AS_ON_A_SPACE = r"""
-import importlib.abc, runpy, sys
-
-class NotOnTheSpace(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name.split(".")[0] in {"modeling_eagle", "processing", "training", "hub_cards"}:
-            raise ImportError(f"{name} is not installed on a Space")
-
-sys.meta_path.insert(0, NotOnTheSpace())
-sys.path = [p for p in sys.path if p not in ("", ".")]
+AS_ON_A_SPACE = (
+    PRELUDE
+    + r"""
+import runpy
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
+)
 
 
 @pytest.fixture(scope="module")
