@@ -136,6 +136,23 @@ class StageSummaryCallback(TrainerCallback):
         }
 
 
+def save_stage_folder(folder, processor, model, training: dict | None = None, subfolders=None) -> None:
+    """A stage's result as a Hub-ready folder: the model (cache back on), its ``training.json`` and model card."""
+    from hub_cards.model_card import TRAINING_FILE, write_model_card
+    from modeling_eagle.hub_folder import save_folder
+
+    model.config.use_cache = model.config.text_config.use_cache = True  # TRL turns it off to train
+    save_folder(
+        folder,
+        processor,
+        model=model,
+        overwrite=True,
+        subfolders=subfolders,
+        extra_files={TRAINING_FILE: json.dumps(training, indent=2)} if training else None,
+        card=lambda staging: write_model_card(staging, training=training),
+    )
+
+
 class SaveFolderCallback(TrainerCallback):
     """At the end of training, writes the model as a Hub-ready folder with its model card (main process only).
 
@@ -150,26 +167,15 @@ class SaveFolderCallback(TrainerCallback):
         self.model = None
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        from hub_cards.model_card import TRAINING_FILE, write_model_card
-        from modeling_eagle.hub_folder import save_folder
-
         if hasattr(model, "merge_and_unload"):
             if state.is_world_process_zero:
                 model.save_pretrained(self.adapter_folder)
             model = model.merge_and_unload()
-        model = eagle_of(model)
-        model.config.use_cache = model.config.text_config.use_cache = True  # TRL turns it off to train
-        self.model = model
+        self.model = model = eagle_of(model)
+        model.config.use_cache = model.config.text_config.use_cache = True  # on every process: it trains on
         if not state.is_world_process_zero:
             return
         training = json.loads(json.dumps(self.training)) if self.training else None
         if training and self.summary is not None and self.summary.losses:
             training["stages"][-1]["final_loss"] = self.summary.losses[-1]
-        save_folder(
-            self.folder,
-            self.processor,
-            model=model,
-            overwrite=True,
-            extra_files={TRAINING_FILE: json.dumps(training, indent=2)} if training else None,
-            card=lambda folder: write_model_card(folder, training=training),
-        )
+        save_stage_folder(self.folder, self.processor, model, training)

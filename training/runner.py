@@ -22,8 +22,8 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.utils import logging
 from trl import SFTConfig
 
-from hub_cards.model_card import TRAINING_FILE, training_info_from_recipe, write_model_card
-from modeling_eagle.hub_folder import build_processor, save_folder
+from hub_cards.model_card import training_info_from_recipe
+from modeling_eagle.hub_folder import build_processor
 from modeling_eagle.modeling_eagle import EagleForConditionalGeneration, EagleMultiModalProjector
 
 from .callbacks import (
@@ -32,6 +32,7 @@ from .callbacks import (
     StageSetupCallback,
     StageSummaryCallback,
     TrainableParametersCallback,
+    save_stage_folder,
 )
 from .collator import make_collator
 from .recipe import Recipe, Stage, check_trainable_names, load_recipe
@@ -283,17 +284,9 @@ def run_recipe(recipe, output_dir, resume: bool = False, dataset_loader=None) ->
         if stage.kind == "prealign":
             summaries[stage.name] = run_prealign(model, processor, stage, dataset_for, output, recipe, resume)
             # Several trainers made this stage, so its folder (with each pre-aligned expert) is written here.
-            model.config.use_cache = model.config.text_config.use_cache = True
             if is_main_process():
-                save_folder(
-                    stage_dir,
-                    processor,
-                    model=model,
-                    overwrite=True,
-                    subfolders={"experts": output / "checkpoints" / stage.name / "experts"},
-                    extra_files={TRAINING_FILE: json.dumps(training, indent=2)},
-                    card=lambda folder, training=training: write_model_card(folder, training=training),
-                )
+                experts = {"experts": output / "checkpoints" / stage.name / "experts"}
+                save_stage_folder(stage_dir, processor, model, training, subfolders=experts)
         else:
             adapter = stage_dir.with_name(stage.name + "-adapter")
             save = SaveFolderCallback(stage_dir, processor, training=training, adapter_folder=adapter)
