@@ -28,6 +28,7 @@ class ConvNextExpert(VisionExpert):
         for module in self.modules():
             if isinstance(module, nn.LayerNorm):
                 module.eps = self.config.layer_norm_eps
+        self.channels_last = False
 
     @property
     def out_channels(self) -> int:
@@ -43,8 +44,20 @@ class ConvNextExpert(VisionExpert):
         if isinstance(module, ConvNextLayer) and module.layer_scale_parameter is not None:
             init.constant_(module.layer_scale_parameter, 1e-6)
 
+    def set_channels_last(self, enabled: bool = True) -> None:
+        """Keep the convolution weights, the input and so every activation in channels-last (NHWC) layout.
+
+        Each block's LayerNorm and MLP work on channels-last data (the block permutes to NHWC), so the permutes
+        become free and the depthwise convolutions run their NHWC kernels; the only 4D parameters are the
+        convolution weights.
+        """
+        self.channels_last = enabled
+        self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        hidden = self.embeddings(pixel_values.to(self.embeddings.patch_embeddings.weight.dtype))
+        dtype = self.embeddings.patch_embeddings.weight.dtype
+        memory_format = torch.channels_last if self.channels_last else torch.preserve_format
+        hidden = self.embeddings(pixel_values.to(dtype=dtype, memory_format=memory_format))
         for stage in self.encoder.stages:
             for layer in stage.downsampling_layer:
                 hidden = layer(hidden)

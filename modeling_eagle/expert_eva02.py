@@ -382,7 +382,10 @@ class Eva02Expert(VisionExpert):
         projection = self.patch_embed.proj
         hidden_states = self.patch_embed(pixel_values.to(projection.weight.dtype))
         height, width = hidden_states.shape[1], hidden_states.shape[2]
-        hidden_states = hidden_states + resize_position_grid(self.pos_embed[:, 1:], (height, width))
+        # .to(): under a device_map the table may sit on another device than the patch embedding.
+        hidden_states = hidden_states + resize_position_grid(self.pos_embed[:, 1:], (height, width)).to(
+            hidden_states.device
+        )
 
         window_tables = (self.rope_win.freqs_cos, self.rope_win.freqs_sin)
         global_tables = self.rope_glb.tables(height, width)

@@ -9,7 +9,6 @@ import math
 
 import torch
 from transformers import Pix2StructVisionConfig
-from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.pix2struct.modeling_pix2struct import (
     Pix2StructLayerNorm,
     Pix2StructVisionEmbeddings,
@@ -42,12 +41,22 @@ class Pix2StructExpert(VisionExpert):
     def feature_map_size(self) -> tuple[int, int]:
         return self.side, self.side
 
+    def key_padding_mask(self, pixel_values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``(B, 1, 1, max_patches)``: boolean (True = attend) for SDPA, additive for eager.
+
+        Built with tensor ops only: transformers' ``create_bidirectional_mask`` asks ``mask.all()`` to drop a
+        padding-free mask, a device-to-host sync on every forward (and a graph break under ``torch.compile``).
+        Real patches carry a 1-based row id; padding rows are all zero.
+        """
+        real = (pixel_values[:, :, 0] > 0)[:, None, None, :]
+        if self.config._attn_implementation == "sdpa":
+            return real
+        return torch.zeros(real.shape, dtype=dtype, device=real.device).masked_fill(~real, torch.finfo(dtype).min)
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         patches = pixel_values.to(self.embeddings.patch_projection.weight.dtype)
-        # Real patches carry a 1-based row id; padding rows are all zero.
-        attention_mask = (pixel_values[:, :, 0] > 0).to(patches.dtype)
         hidden = self.embeddings(patches)
-        mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask)
+        mask = self.key_padding_mask(pixel_values, hidden.dtype)
         hidden = self.encoder(hidden, attention_mask=mask).last_hidden_state
         hidden = self.layernorm(hidden)[:, : self.side * self.side]
         return hidden.transpose(1, 2).reshape(hidden.shape[0], -1, self.side, self.side)

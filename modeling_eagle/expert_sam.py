@@ -71,7 +71,8 @@ class SamExpert(VisionExpert):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         projection = self.patch_embed.projection
         hidden = projection(pixel_values.to(projection.weight.dtype)).permute(0, 2, 3, 1)
-        hidden = hidden + resize_position_grid(self.pos_embed, tuple(hidden.shape[1:3]))
+        # .to(): under a device_map the table may sit on another device than the patch embedding.
+        hidden = hidden + resize_position_grid(self.pos_embed, tuple(hidden.shape[1:3])).to(hidden.device)
         for layer in self.layers:
             hidden = layer(hidden)
         return self.neck(hidden)

@@ -50,6 +50,11 @@ EagleCausalLMOutputWithPast = _output_class(
 )
 
 
+# Modules to keep out of 8-bit/4-bit quantization (``BitsAndBytesConfig(llm_int8_skip_modules=...)``): the experts
+# and the projector stay in the load dtype and only the LLM's layers are quantized. transformers matches these
+# from the start of a module's full name, so they carry the ``model.`` prefix.
+QUANTIZATION_SKIP_MODULES = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
+
 EXPERT_CLASSES: dict[str, type[VisionExpert]] = {
     cls.expert_type: cls for cls in (ClipExpert, ConvNextExpert, SamExpert, Eva02Expert, Pix2StructExpert)
 }
@@ -130,6 +135,16 @@ class EagleVisionTower(EaglePreTrainedModel):
             self.experts[name].eval()
         return self
 
+    def set_channels_last(self, enabled: bool = True) -> None:
+        """Run the convolutional experts (ConvNeXt) in channels-last memory format, or back in the default one.
+
+        Off by default: it changes the weights' strides, which not every sharding or weight-handling tool expects;
+        ``eagle bench`` measures what it gains on your device.
+        """
+        for expert in self.experts.values():
+            if hasattr(expert, "set_channels_last"):
+                expert.set_channels_last(enabled)
+
     def expert_channels(self) -> dict[str, int]:
         """Channels each expert contributes on the grid (after its pixel_unshuffle)."""
         return {
@@ -169,9 +184,16 @@ class EagleVisionTower(EaglePreTrainedModel):
         pixel_values = merge_expert_inputs(pixel_values)
         self.check_pixel_values(pixel_values)
         on_grid = {}
+        device = None
         for (name, expert), pixels in zip(self.experts.items(), pixel_values):
+            # A frozen expert builds no graph. no_grad, not inference_mode: sharded training (FSDP, ZeRO-3) gathers
+            # and frees weights inside the experts' forward hooks, and tensors made in inference mode could not be
+            # updated outside it. Under the caller's inference_mode (as `eagle generate` runs) everything runs in it.
             with torch.set_grad_enabled(torch.is_grad_enabled() and name not in self.frozen_experts):
-                on_grid[name] = self.to_grid(expert(pixels), expert.spec["pixel_unshuffle"])
+                grid = self.to_grid(expert(pixels), expert.spec["pixel_unshuffle"])
+            # Under a device_map the experts may sit on different devices; the fused map lives with the first.
+            device = device or grid.device
+            on_grid[name] = grid.to(device)
         fused = torch.cat(list(on_grid.values()), dim=-1)
         return EagleVisionTowerOutput(
             last_hidden_state=fused, expert_features=on_grid if return_expert_features else None
@@ -247,6 +269,13 @@ class EagleModel(EaglePreTrainedModel):
             )
         return mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device)
 
+    @staticmethod
+    def _is_prefill(cache: Cache | None) -> bool:
+        """Whether nothing is cached yet. A static cache reports its length as a tensor once written to: reading
+        it would sync with the device (and break a compiled decode step), and only a continuation has one."""
+        length = cache.get_seq_length() if cache is not None else 0
+        return not isinstance(length, torch.Tensor) and length == 0
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -273,7 +302,7 @@ class EagleModel(EaglePreTrainedModel):
             image_features = torch.stack(image_outputs.pooler_output).to(inputs_embeds.device, inputs_embeds.dtype)
             mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
             inputs_embeds = inputs_embeds.masked_scatter(mask, image_features)
-        elif input_ids is not None and (cache is None or cache.get_seq_length() == 0):
+        elif input_ids is not None and self._is_prefill(cache):
             if (input_ids == self.config.image_token_id).any():
                 raise ValueError(
                     "The prompt has image tokens but no pixel_values were given; pass the images to the processor "
@@ -401,6 +430,7 @@ class EagleForConditionalGeneration(EaglePreTrainedModel, GenerationMixin):
 
 
 __all__ = [
+    "QUANTIZATION_SKIP_MODULES",
     "EagleForConditionalGeneration",
     "EagleModel",
     "EaglePreTrainedModel",

@@ -1,0 +1,1 @@
+"""Benchmarks of Eagle: ``benchmarks.bench`` (``eagle bench``) and the conversion memory check."""

@@ -1,0 +1,883 @@
+"""Eagle's speed and memory, side by side with LLaVA and the bare LLM: ``eagle bench``.
+
+    eagle bench --preset small --json bench.json      # eagle-x5-small on this machine's CPU, in under two minutes
+    eagle bench --preset x5-7b --json bench-7b.json   # eagle-x5 (the released layout, random weights, bf16) on a GPU
+
+Every figure comes from one run on one device, with the same inputs for every model:
+
+- Eagle is built from its preset with random weights, directly on the device in the chosen dtype. The baselines
+  share its language model (the same module, so the same weights and kernels): (a) transformers'
+  ``LlavaForConditionalGeneration`` with a CLIP tower as wide and deep as Eagle's CLIP expert, at that expert's
+  resolution, and (b) the bare LLM (``AutoModelForCausalLM`` on the same text config) fed a prompt of Eagle's
+  total token count (image tokens + text).
+- Inputs are the processor's output: ``EagleImageProcessor`` on a fixed image (Pix2Struct's patches included),
+  and a prompt of 32 text tokens around the image tokens. Timing starts from there.
+- Timing: warm-up, then the median of ``repeats`` runs; on GPU every timed region is bracketed by
+  ``torch.cuda.synchronize``, and forward passes run under ``torch.inference_mode``. The runs a figure compares
+  are interleaved (one of each per repeat, in a rotating order), and a bar's ratio is the median over repeats of
+  the ratio within the repeat, so a slow spell on a shared machine slows both sides of it.
+- Vision: each expert alone on its own input, the whole tower, the projector. Analytic FLOPs per expert at its
+  resolution are counted by ``FlopCounterMode`` on the meta device (2 per multiply-add; no memory, so x5-7b is
+  counted on a CPU too). On GPU the tower's achieved FLOP/s over the device's dense bf16 peak.
+- Prefill: the model's forward on the whole prompt (cache on, logits of the last position); its parts alone are
+  the experts, the projector and the LLM's prefill. Time to first token: ``generate(max_new_tokens=1)`` from the
+  processor's output (tower, projector, prefill, first token).
+- Decode step: the model's forward on one new token with the KV cache, step after step from the prefilled
+  prompt (Eagle's image is in its cache), interleaved with the bare LLM's step at the same cache length.
+- Decode tokens/s: from ``generate`` as (N - 1) / (t(N) - t(1)), with N new tokens forced by ``min_new_tokens``,
+  for 1 and for 8 requests.
+- Training: a warm-up step, then the median of a few steps (forward, backward, AdamW step) on a batch of a few
+  samples, per stage, with the stages' real freezing: stage 2 (``align``) trains the projector, stage 3 (``sft``)
+  the experts, projector and LLM, as in ``training/recipes``, applied by the runner's ``StageSetupCallback``.
+  Peak memory is what the steps add to what the model and its inputs already hold (gradients, AdamW state,
+  activations): on CUDA ``max_memory_allocated`` above the allocation before the first step; on CPU, where torch
+  keeps no allocator statistics, each stage runs in a fresh process and the figure is its peak resident memory
+  (``VmHWM``, reset before the first step) above its resident memory then.
+- ``bars`` are ratios of figures from this run, with their limits and pass/fail.
+"""
+
+import contextlib
+import copy
+import json
+import logging as logging_stdlib
+import multiprocessing
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from functools import partial
+
+import torch
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+# The training steps run in fresh processes that import peft/trl, and so bitsandbytes, which on a CPU warns that
+# its optional Hub-fetched kernels are missing (the CLI quiets it the same way); its fallback works.
+logging_stdlib.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging_stdlib.ERROR)
+
+PRESETS = {"small": "eagle-x5-small", "x5-7b": "eagle-x5"}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Dense bf16/fp16 tensor-core peaks in TFLOP/s, by a substring of torch.cuda.get_device_name(); longest match wins.
+PEAK_TFLOPS = {
+    "H200": 989.0,  # SXM
+    "H200 NVL": 835.0,
+    "H100": 989.0,  # SXM
+    "H100 PCIe": 756.0,
+    "H100 NVL": 835.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "L4": 121.0,
+}
+# What each training stage trains, as the shipped recipes (training/recipes/*.yaml) say.
+STAGES = {"stage2": ["projector"], "stage3": ["experts", "projector", "llm"]}
+PROMPT_PREFIX, PROMPT_SUFFIX = 8, 24  # text tokens before and after the image tokens
+
+
+@dataclass
+class Settings:
+    preset: str = "small"
+    device: str = "cpu"
+    dtype: str = "float32"
+    repeats: int = 30
+    warmup: int = 2
+    decode_tokens: int = 32
+    batch: int = 8
+    train_batch: int = 4
+    train_repeats: int = 4
+
+    @classmethod
+    def for_preset(cls, preset: str, device: str | None = None, dtype: str | None = None, repeats=None, quick=False):
+        if preset not in PRESETS:
+            raise ValueError(f"unknown bench preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            torch.device(device)
+        except RuntimeError as error:
+            raise ValueError(f"--device {device}: not a device (cpu, cuda or cuda:N)") from error
+        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available on this machine")
+        dtype = dtype or ("bfloat16" if torch.device(device).type == "cuda" else "float32")
+        if dtype not in DTYPES:
+            raise ValueError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+        settings = cls(preset=preset, device=device, dtype=dtype)
+        if preset == "x5-7b":
+            settings.repeats, settings.decode_tokens, settings.train_batch, settings.train_repeats = 10, 64, 2, 3
+        if quick:
+            settings.repeats, settings.warmup, settings.decode_tokens, settings.train_repeats = 3, 1, 8, 2
+        if repeats is not None:
+            if repeats < 1:
+                raise ValueError(f"--repeats {repeats}: give at least 1")
+            settings.repeats = repeats
+        return settings
+
+
+# --------------------------------------------------------------------------------------------------- models
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype):
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+@dataclass
+class Models:
+    eagle: torch.nn.Module
+    llava: torch.nn.Module
+    llm: torch.nn.Module
+
+
+def llava_config_for(config):
+    """LLaVA with Eagle's LLM config and a CLIP tower as wide and deep as Eagle's CLIP expert, at its resolution."""
+    from transformers import CLIPVisionConfig, LlavaConfig
+
+    clip = next(spec for spec in config.vision_config.experts if spec["type"] == "clip")
+    vision = CLIPVisionConfig(**{**clip["config"], "image_size": clip["image_size"]})
+    tokens = (clip["image_size"] // vision.patch_size) ** 2
+    return LlavaConfig(
+        vision_config=vision,
+        text_config=config.text_config,
+        image_token_id=config.image_token_id,
+        image_seq_length=tokens,
+    )
+
+
+def build_models(preset: str, device: torch.device, dtype: torch.dtype) -> Models:
+    """Eagle with random weights built on ``device`` in ``dtype``; LLaVA and the bare LLM share its LLM."""
+    from transformers import AutoModel, AutoModelForCausalLM, LlavaForConditionalGeneration
+    from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+
+    from modeling_eagle.modeling_eagle import EagleForConditionalGeneration
+    from modeling_eagle.presets import eagle_config
+
+    config = eagle_config(PRESETS[preset])
+    torch.manual_seed(0)
+    with torch.device(device), default_dtype(dtype):
+        eagle = EagleForConditionalGeneration(config)
+    llava_config = llava_config_for(config)
+    with torch.device("meta"):
+        llava = LlavaForConditionalGeneration(llava_config)
+        llm = AutoModelForCausalLM.from_config(config.text_config)
+    with torch.device(device), default_dtype(dtype):
+        llava.model.vision_tower = AutoModel.from_config(llava_config.vision_config)
+        llava.model.multi_modal_projector = LlavaMultiModalProjector(llava_config)
+    llava.model.language_model = llm.model = eagle.model.language_model
+    llava.lm_head = llm.lm_head = eagle.lm_head
+    for model in (eagle, llava, llm):
+        model.eval()
+        model.requires_grad_(False)
+        left = [name for name, tensor in model.state_dict().items() if tensor.is_meta]
+        assert not left, f"left on the meta device: {left[:5]}"
+    return Models(eagle, llava, llm)
+
+
+@dataclass
+class Inputs:
+    eagle: dict
+    llava: dict
+    llm: dict
+    image_tokens: int
+    llava_image_tokens: int
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.eagle["input_ids"].shape[1]
+
+
+def prompt_ids(image_tokens: int, image_token_id: int, vocab_size: int, batch: int) -> torch.Tensor:
+    """A fixed prompt: text tokens around ``image_tokens`` image placeholders."""
+    generator = torch.Generator().manual_seed(0)
+    text = torch.randint(3, vocab_size, (PROMPT_PREFIX + PROMPT_SUFFIX,), generator=generator)
+    text[text == image_token_id] = 3
+    image = torch.full((image_tokens,), image_token_id)
+    return torch.cat([text[:PROMPT_PREFIX], image, text[PROMPT_PREFIX:]]).repeat(batch, 1)
+
+
+def make_inputs(models: Models, batch: int, device: torch.device, dtype: torch.dtype) -> Inputs:
+    """The processor's output for ``batch`` requests (the same image and prompt each)."""
+    import numpy as np
+    from PIL import Image
+
+    from processing import EagleImageProcessor
+
+    config = models.eagle.config
+    generator = np.random.default_rng(0)
+    image = Image.fromarray(generator.integers(0, 256, (480, 640, 3), dtype=np.uint8))
+    processor = EagleImageProcessor.from_vision_experts(config.vision_config.experts)
+    pixel_values = processor(images=[image] * batch, return_tensors="pt")["pixel_values"]
+    pixel_values = [p.to(device, dtype) for p in pixel_values]
+    vocab = config.text_config.vocab_size
+    ids = prompt_ids(config.image_seq_length, config.image_token_id, vocab, batch).to(device)
+    llava_tokens = models.llava.config.image_seq_length
+    llava_ids = prompt_ids(llava_tokens, config.image_token_id, vocab, batch).to(device)
+    clip = next(i for i, spec in enumerate(config.vision_config.experts) if spec["type"] == "clip")
+    text_ids = ids.masked_fill(ids == config.image_token_id, 3)
+    return Inputs(
+        eagle={"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixel_values},
+        llava={
+            "input_ids": llava_ids,
+            "attention_mask": torch.ones_like(llava_ids),
+            "pixel_values": pixel_values[clip],
+        },
+        llm={"input_ids": text_ids, "attention_mask": torch.ones_like(text_ids)},
+        image_tokens=config.image_seq_length,
+        llava_image_tokens=llava_tokens,
+    )
+
+
+# --------------------------------------------------------------------------------------------------- timing
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Times(dict):
+    """Seconds per repeat of each timed function (``name -> list``), the functions interleaved within a repeat."""
+
+    def median(self, *names: str) -> float:
+        """The median over repeats of these functions' summed time within the repeat."""
+        return statistics.median(sum(values) for values in zip(*(self[name] for name in names)))
+
+    def paired_ratio(self, numerator: list[str], denominator: list[str]) -> float:
+        """The median over repeats of sum(numerator) / sum(denominator) within the repeat: the two sides of a
+        ratio ran back to back, so a slow spell on a shared machine slows both."""
+        ratios = [
+            sum(self[name][i] for name in numerator) / sum(self[name][i] for name in denominator)
+            for i in range(len(self[numerator[0]]))
+        ]
+        return statistics.median(ratios)
+
+
+def time_interleaved(fns: dict[str, Callable], repeats: int, warmup: int, device: torch.device) -> Times:
+    """Time every function ``repeats`` times after ``warmup`` rounds; within a round each runs once, in turn, the
+    order rotating from round to round so that no function always follows the same one."""
+    times = Times({name: [] for name in fns})
+    names = list(fns)
+    for index in range(warmup + repeats):
+        shift = index % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn = fns[name]
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            if index >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1e3, 4)
+
+
+# --------------------------------------------------------------------------------------------------- FLOPs
+
+
+def expert_inputs(config, batch: int = 1, device="meta", dtype=torch.float32) -> list[torch.Tensor]:
+    """Empty inputs of the experts' shapes (Pix2Struct: flattened patches with their row/column ids)."""
+    inputs = []
+    for spec in config.vision_config.experts:
+        if spec["type"] == "pix2struct":
+            patch = spec["config"].get("patch_size", 16)
+            inputs.append(torch.zeros(batch, spec["max_patches"], 2 + 3 * patch * patch, device=device, dtype=dtype))
+        else:
+            size = spec["image_size"]
+            inputs.append(torch.zeros(batch, 3, size, size, device=device, dtype=dtype))
+    return inputs
+
+
+def count_flops(preset: str, prompt_tokens: int) -> dict:
+    """FLOPs per expert at its resolution, the tower, LLaVA's CLIP tower and the LLM's prefill (one image)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    from modeling_eagle.modeling_eagle import EagleVisionTower
+    from modeling_eagle.presets import eagle_config
+
+    config = eagle_config(PRESETS[preset])
+    with torch.device("meta"):
+        tower = EagleVisionTower(config.vision_config)
+        clip = AutoModel.from_config(llava_config_for(config).vision_config)
+        llm = AutoModelForCausalLM.from_config(config.text_config)
+
+    def flops(fn) -> int:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            fn()
+        return counter.get_total_flops()
+
+    pixels = expert_inputs(config)
+    experts = {
+        name: {"resolution": spec["image_size"], "gflops": flops(partial(expert, pixels[i])) / 1e9}
+        for i, ((name, expert), spec) in enumerate(zip(tower.experts.items(), config.vision_config.experts))
+    }
+    clip_size = clip.config.image_size
+    ids = torch.zeros(1, prompt_tokens, dtype=torch.long, device="meta")
+    return {
+        "experts": experts,
+        "tower_gflops": sum(entry["gflops"] for entry in experts.values()),
+        "llava_clip_gflops": flops(partial(clip, torch.zeros(1, 3, clip_size, clip_size, device="meta"))) / 1e9,
+        "llm_prefill_gflops": flops(partial(llm, input_ids=ids, use_cache=True, logits_to_keep=1)) / 1e9,
+    }
+
+
+def peak_tflops(device: torch.device, dtype: torch.dtype) -> float | None:
+    if device.type != "cuda" or dtype not in (torch.bfloat16, torch.float16):
+        return None
+    name = torch.cuda.get_device_name(device)
+    matches = [key for key in PEAK_TFLOPS if key in name]
+    return PEAK_TFLOPS[max(matches, key=len)] if matches else None
+
+
+# --------------------------------------------------------------------------------------------------- checks
+
+
+def check_no_sync(preset: str) -> dict:
+    """Run the vision tower on the meta device: any host-device sync (``.item()``, ``bool(tensor)``, ``nonzero``,
+    boolean-mask indexing) or copy to the CPU raises there."""
+    from modeling_eagle.modeling_eagle import EagleVisionTower
+    from modeling_eagle.presets import eagle_config
+
+    config = eagle_config(PRESETS[preset])
+    with torch.device("meta"):
+        tower = EagleVisionTower(config.vision_config).eval()
+    try:
+        with torch.no_grad():
+            tower(expert_inputs(config))
+    except (RuntimeError, NotImplementedError) as error:
+        return {"measured": f"a sync or CPU round trip: {' '.join(str(error).split())[:200]}", "pass": False}
+    return {"measured": "none: the tower ran on the meta device", "pass": True}
+
+
+def check_no_sync_on_cuda(tower, pixel_values, device: torch.device) -> dict | None:
+    """On CUDA also run the real tower under ``torch.cuda.set_sync_debug_mode("error")``."""
+    if device.type != "cuda":
+        return None
+    synchronize(device)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        tower(pixel_values)
+        return {"measured": "none under torch.cuda.set_sync_debug_mode('error')", "pass": True}
+    except RuntimeError as error:
+        return {"measured": f"a sync: {' '.join(str(error).split())[:200]}", "pass": False}
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+# --------------------------------------------------------------------------------------------------- inference
+
+
+def measure_inference(models: Models, settings: Settings, device: torch.device, dtype: torch.dtype) -> dict:
+    eagle, llava, llm = models.eagle, models.llava, models.llm
+    tower, projector = eagle.model.vision_tower, eagle.model.multi_modal_projector
+    single = make_inputs(models, 1, device, dtype)
+    batched = make_inputs(models, settings.batch, device, dtype)
+    pixels = single.eagle["pixel_values"]
+    repeats, warmup = settings.repeats, settings.warmup
+    results = {
+        "tokens": {
+            "image_tokens": single.image_tokens,
+            "text_tokens": PROMPT_PREFIX + PROMPT_SUFFIX,
+            "prompt_tokens": single.prompt_tokens,
+            "llava_image_tokens": single.llava_image_tokens,
+            "llava_prompt_tokens": single.llava["input_ids"].shape[1],
+        }
+    }
+    with torch.inference_mode():
+        tower_output = tower(pixels).last_hidden_state
+        prefill = {"use_cache": True, "logits_to_keep": 1}
+        logger.info("bench: vision and prefill")
+        fns = {f"expert:{name}": partial(expert, pixels[i]) for i, (name, expert) in enumerate(tower.experts.items())}
+        fns.update(
+            {
+                "tower": partial(tower, pixels),
+                "projector": partial(projector, tower_output),
+                "llm_prefill": partial(llm, **single.llm, **prefill),
+                "eagle_prefill": partial(eagle, **single.eagle, **prefill),
+                "llava_tower": partial(
+                    llava.model.vision_tower, single.llava["pixel_values"], output_hidden_states=True
+                ),
+                "llava_prefill": partial(llava, **single.llava, **prefill),
+            }
+        )
+        times = time_interleaved(fns, repeats, warmup, device)
+        experts = [name for name in times if name.startswith("expert:")]
+        parts = [*experts, "projector", "llm_prefill"]
+        results["vision"] = {
+            "experts_ms": {name.split(":", 1)[1]: ms(times.median(name)) for name in experts},
+            "experts_sum_ms": ms(times.median(*experts)),
+            "tower_ms": ms(times.median("tower")),
+            "tower_over_experts": round(times.paired_ratio(["tower"], experts), 4),
+            "projector_ms": ms(times.median("projector")),
+            "llava_tower_ms": ms(times.median("llava_tower")),
+        }
+        results["prefill"] = {
+            "eagle_ms": ms(times.median("eagle_prefill")),
+            "parts_sum_ms": ms(times.median(*parts)),
+            "eagle_over_parts": round(times.paired_ratio(["eagle_prefill"], parts), 4),
+            "llm_ms": ms(times.median("llm_prefill")),
+            "llava_ms": ms(times.median("llava_prefill")),
+        }
+
+        logger.info("bench: ConvNeXt memory format")
+        results["convnext_channels_last"] = measure_channels_last(tower, pixels, settings, device)
+
+        logger.info("bench: decode steps")
+        results["decode_step"] = measure_decode_steps(models, single, settings, device)
+
+        logger.info("bench: generate")
+        n = settings.decode_tokens
+        generate = {"do_sample": False, "pad_token_id": 0}
+
+        def run(model, inputs, new_tokens):
+            return partial(model.generate, **inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **generate)
+
+        fns = {}
+        for name, model, inputs in (
+            ("eagle", eagle, single.eagle),
+            ("llava", llava, single.llava),
+            ("llm", llm, single.llm),
+            ("eagle_batch", eagle, batched.eagle),
+        ):
+            fns[f"{name}:1"], fns[f"{name}:n"] = run(model, inputs, 1), run(model, inputs, n)
+        times = time_interleaved(fns, repeats, warmup, device)
+
+        def tokens_per_s(name, batch=1):
+            return round(batch * (n - 1) / max(times.median(f"{name}:n") - times.median(f"{name}:1"), 1e-9), 2)
+
+        results["time_to_first_token_ms"] = {name: ms(times.median(f"{name}:1")) for name in ("eagle", "llava", "llm")}
+        results["decode_tokens_per_s"] = {name: tokens_per_s(name) for name in ("eagle", "llava", "llm")}
+        results["batching"] = {
+            "batch": settings.batch,
+            "new_tokens": n,
+            "single_tokens_per_s": tokens_per_s("eagle"),
+            "batched_tokens_per_s": tokens_per_s("eagle_batch", settings.batch),
+        }
+
+        logger.info("bench: batched image encoding")
+        times = time_interleaved(
+            {"single": partial(tower, pixels), "batched": partial(tower, batched.eagle["pixel_values"])},
+            repeats,
+            warmup,
+            device,
+        )
+        results["batching"].update(
+            encode_single_ms=ms(times.median("single")),
+            encode_batched_ms=ms(times.median("batched")),
+            encode_batched_over_singles=round(times.paired_ratio(["batched"], ["single"] * settings.batch), 4),
+        )
+        cuda_sync = check_no_sync_on_cuda(tower, pixels, device)
+    results["no_sync_cuda"] = cuda_sync
+    return results
+
+
+def measure_channels_last(tower, pixels, settings: Settings, device: torch.device) -> dict | None:
+    """The ConvNeXt expert in its default memory format and in channels-last (weights and input), interleaved."""
+    index = next((i for i, e in enumerate(tower.experts.values()) if hasattr(e, "set_channels_last")), None)
+    if index is None:
+        return None
+    expert = list(tower.experts.values())[index]
+    converted = copy.deepcopy(expert)
+    converted.set_channels_last(True)
+    times = time_interleaved(
+        {"default": partial(expert, pixels[index]), "channels_last": partial(converted, pixels[index])},
+        settings.repeats,
+        settings.warmup,
+        device,
+    )
+    return {
+        "default_ms": ms(times.median("default")),
+        "channels_last_ms": ms(times.median("channels_last")),
+        "speedup": round(times.paired_ratio(["default"], ["channels_last"]), 3),
+    }
+
+
+def measure_decode_steps(models: Models, inputs: Inputs, settings: Settings, device: torch.device) -> dict:
+    """Prefill each model once, then time decode steps one token at a time, interleaved across models, so step i
+    of every model sees a cache of the same length (LLaVA's differs by its image-token count)."""
+    from modeling_eagle.modeling_eagle import CACHE_NAME
+
+    steps = max(4 * settings.repeats, 16)
+    named = {"eagle": models.eagle, "llava": models.llava, "llm": models.llm}
+    caches = {
+        name: getattr(model(**getattr(inputs, name), use_cache=True, logits_to_keep=1), CACHE_NAME)
+        for name, model in named.items()
+    }
+    token = torch.full((1, 1), 5, dtype=torch.long, device=device)
+    fns = {
+        name: partial(model, input_ids=token, use_cache=True, logits_to_keep=1, **{CACHE_NAME: caches[name]})
+        for name, model in named.items()
+    }
+    times = time_interleaved(fns, steps, settings.warmup, device)
+    return {name: ms(times.median(name)) for name in named} | {
+        "steps": steps,
+        "eagle_over_llm": round(times.paired_ratio(["eagle"], ["llm"]), 4),
+    }
+
+
+# --------------------------------------------------------------------------------------------------- training
+
+
+def freeze_for_stage(models: Models, kind: str, stage: str) -> torch.nn.Module:
+    """Set what trains in ``stage`` for one model; return that model."""
+    train = STAGES[stage]
+    if kind == "eagle":
+        from training.callbacks import StageSetupCallback
+
+        StageSetupCallback(train).apply(models.eagle)
+        return models.eagle
+    model = models.llava if kind == "llava" else models.llm
+    model.requires_grad_(False)
+    if kind == "llava":
+        model.model.vision_tower.requires_grad_("experts" in train)
+        model.model.multi_modal_projector.requires_grad_("projector" in train)
+        model.model.language_model.requires_grad_("llm" in train)
+        model.lm_head.requires_grad_("llm" in train)
+    else:
+        model.requires_grad_("llm" in train)
+    return model
+
+
+def training_batch(models: Models, kind: str, batch: int, device: torch.device, dtype: torch.dtype) -> dict:
+    inputs = getattr(make_inputs(models, batch, device, dtype), kind)
+    ids = inputs["input_ids"]
+    return {**inputs, "labels": ids.masked_fill(ids == models.eagle.config.image_token_id, -100)}
+
+
+def training_step(model, optimizer, batch) -> None:
+    model(**batch).loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def run_training(spec: dict) -> dict:
+    """One stage's training steps for one model; the memory figure is what the steps add (see the module doc)."""
+    device, dtype = torch.device(spec["device"]), DTYPES[spec["dtype"]]
+    torch.set_num_threads(spec["threads"])
+    models = build_models(spec["preset"], device, dtype)
+    model = freeze_for_stage(models, spec["kind"], spec["stage"])
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
+    batch = training_batch(models, spec["kind"], spec["train_batch"], device, dtype)
+    before = memory_before_step(device)
+    times = []
+    for index in range(1 + spec["train_repeats"]):
+        synchronize(device)
+        start = time.perf_counter()
+        training_step(model, optimizer, batch)
+        synchronize(device)
+        if index:
+            times.append(time.perf_counter() - start)
+    return {
+        "step_ms": ms(statistics.median(times)),
+        "peak_memory_mib": None if before is None else round((memory_peak(device) - before) / 2**20, 2),
+        "trainable_parameters": sum(p.numel() for p in trainable),
+    }
+
+
+def memory_before_step(device: torch.device) -> int | None:
+    """Bytes held before the step, with the peak counter reset; None where the system cannot tell (no Linux /proc)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device)
+    try:
+        # Writing 5 to clear_refs resets the kernel's peak resident set size (VmHWM) to the current one.
+        with open("/proc/self/clear_refs", "w") as file:
+            file.write("5")
+        with open("/proc/self/statm") as file:
+            return int(file.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        logger.warning("bench: no /proc/self (not Linux?): training memory is not measured on this CPU")
+        return None
+
+
+def memory_peak(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    with open("/proc/self/status") as file:
+        line = next(line for line in file if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+
+
+def measure_training(settings: Settings) -> dict:
+    specs = [("eagle", "stage2"), ("eagle", "stage3"), ("llava", "stage2"), ("llava", "stage3"), ("llm", "stage3")]
+    base = {
+        "preset": settings.preset,
+        "device": settings.device,
+        "dtype": settings.dtype,
+        "threads": torch.get_num_threads(),
+        "train_batch": settings.train_batch,
+        "train_repeats": settings.train_repeats,
+    }
+    jobs = [{**base, "kind": kind, "stage": stage} for kind, stage in specs]
+    if torch.device(settings.device).type == "cuda":
+        outcomes = [run_training_guarded(job) for job in jobs]
+    else:
+        # A fresh process per step, so that no earlier measurement's freed memory hides this one's peak; forked
+        # from a server that has imported this module (and torch) but run nothing, so each starts in a second.
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        with context.Pool(processes=1, maxtasksperchild=1) as pool:
+            outcomes = pool.map(run_training_guarded, jobs, chunksize=1)
+    results = {"batch": settings.train_batch, "stages": {name: list(train) for name, train in STAGES.items()}}
+    for (kind, stage), outcome in zip(specs, outcomes):
+        results.setdefault(kind, {})[stage] = outcome
+    results["llm"]["stage2"] = None  # the bare LLM has no projector: nothing trains in stage 2
+    return results
+
+
+def run_training_guarded(spec: dict) -> dict:
+    try:
+        return run_training(spec)
+    except torch.OutOfMemoryError as error:
+        return {"error": f"out of memory: {' '.join(str(error).split())[:160]}"}
+    finally:
+        if spec["device"].startswith("cuda"):
+            torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------------------------------- bars
+
+
+def bar(measured: float | None, limit: float, comparison: str, description: str, values: dict) -> dict:
+    passed = None
+    if measured is not None:
+        passed = measured <= limit if comparison == "<=" else measured >= limit
+    rounded = None if measured is None else round(measured, 4)
+    return {
+        "description": description,
+        "measured": rounded,
+        "limit": limit,
+        "comparison": comparison,
+        "pass": passed,
+        "values": values,
+    }
+
+
+def ratio(numerator, denominator):
+    return None if numerator is None or not denominator else numerator / denominator
+
+
+def compute_bars(results: dict) -> dict:
+    prefill, step, batching = results["prefill"], results["decode_step"], results["batching"]
+    training = results["training"]["eagle"]
+    stage2, stage3 = (training[stage].get("peak_memory_mib") for stage in ("stage2", "stage3"))
+    single, batched = batching["encode_single_ms"], batching["encode_batched_ms"]
+    no_sync = results["no_sync"]
+    if results.get("no_sync_cuda") is not None:
+        no_sync = {
+            "measured": f"{no_sync['measured']}; {results['no_sync_cuda']['measured']}",
+            "pass": no_sync["pass"] and results["no_sync_cuda"]["pass"],
+        }
+    return {
+        "prefill_glue": bar(
+            prefill["eagle_over_parts"],
+            1.05,
+            "<=",
+            "Eagle's prefill over the sum of its parts each run alone (experts, projector, LLM prefill)",
+            {"eagle_prefill_ms": prefill["eagle_ms"], "parts_sum_ms": prefill["parts_sum_ms"]},
+        ),
+        "decode_step": bar(
+            step["eagle_over_llm"],
+            1.05,
+            "<=",
+            "a decode step with the image in the cache over the bare LLM's step at the same length",
+            {"eagle_step_ms": step["eagle"], "llm_step_ms": step["llm"]},
+        ),
+        "stage2_memory": bar(
+            ratio(stage2, stage3),
+            0.5,
+            "<=",
+            "peak memory of a stage-2 step (experts and LLM frozen) over a stage-3 step's",
+            {"stage2_mib": stage2, "stage3_mib": stage3},
+        ),
+        "batched_decode": bar(
+            ratio(batching["batched_tokens_per_s"], batching["single_tokens_per_s"]),
+            2.5,
+            ">=",
+            f"decode tokens/s of {batching['batch']} requests as one batch over one request's",
+            {k: batching[k] for k in ("single_tokens_per_s", "batched_tokens_per_s")},
+        ),
+        "batched_encode": bar(
+            batching["encode_batched_over_singles"],
+            1.0,
+            "<=",
+            f"encoding {batching['batch']} images as one batch over {batching['batch']} single encodings",
+            {"encode_single_ms": single, "encode_batched_ms": batched},
+        ),
+        "vision_tower_no_sync": {
+            "description": "no host-device synchronisation or CPU round trip inside the vision tower",
+            "measured": no_sync["measured"],
+            "pass": no_sync["pass"],
+        },
+    }
+
+
+# --------------------------------------------------------------------------------------------------- the run
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as file:
+            for line in file:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def run_benchmark(settings: Settings) -> dict:
+    """Every measurement of ``eagle bench``; returns the JSON-ready results with ``bars``."""
+    import transformers
+
+    started = time.perf_counter()
+    device, dtype = torch.device(settings.device), DTYPES[settings.dtype]
+    logger.info(f"bench: building {PRESETS[settings.preset]} on {device} in {settings.dtype}")
+    models = build_models(settings.preset, device, dtype)
+    results = {
+        "preset": settings.preset,
+        "model_preset": PRESETS[settings.preset],
+        "device": str(device),
+        "device_name": device_name(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "settings": asdict(settings),
+        "parameters_millions": {
+            "experts": round(sum(p.numel() for p in models.eagle.model.vision_tower.parameters()) / 1e6, 3),
+            "projector": round(sum(p.numel() for p in models.eagle.model.multi_modal_projector.parameters()) / 1e6, 3),
+            "llm": round(sum(p.numel() for p in models.llm.parameters()) / 1e6, 3),
+            "llava_clip": round(sum(p.numel() for p in models.llava.model.vision_tower.parameters()) / 1e6, 3),
+        },
+    }
+    results.update(measure_inference(models, settings, device, dtype))
+    results["flops"] = count_flops(settings.preset, results["tokens"]["prompt_tokens"])
+    peak = peak_tflops(device, dtype)
+    achieved = results["flops"]["tower_gflops"] / 1e3 / (results["vision"]["tower_ms"] / 1e3)
+    results["flops"].update(
+        tower_tflops_per_s=round(achieved, 6),
+        peak_tflops=peak,
+        fraction_of_peak=None if peak is None else round(achieved / peak, 4),
+    )
+    results["no_sync"] = check_no_sync(settings.preset)
+    del models
+    logger.info("bench: training steps")
+    results["training"] = measure_training(settings)
+    results["bars"] = compute_bars(results)
+    results["wall_s"] = round(time.perf_counter() - started, 1)
+    return results
+
+
+# --------------------------------------------------------------------------------------------------- report
+
+
+def format_table(results: dict) -> str:
+    """The results as text tables (what ``eagle bench`` prints)."""
+
+    def cell(value, digits=2):
+        if value is None:
+            return "-"
+        return f"{value:,.{digits}f}" if isinstance(value, float) else str(value)
+
+    lines = []
+
+    def table(title, header, rows):
+        widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+        lines.append(f"\n{title}")
+        for index, row in enumerate([header, *rows]):
+            first = str(row[0]).ljust(widths[0])
+            rest = "  ".join(str(c).rjust(w) for c, w in zip(row[1:], widths[1:]))
+            lines.append(f"  {first}  {rest}")
+            if index == 0:
+                lines.append("  " + "  ".join("-" * w for w in widths))
+
+    tokens = results["tokens"]
+    lines.append(
+        f"eagle bench --preset {results['preset']} ({results['model_preset']}): {results['device_name']} "
+        f"({results['device']}, {results['threads']} thread(s)), {results['settings']['dtype']}; torch "
+        f"{results['torch']}, transformers {results['transformers']}; prompt {tokens['prompt_tokens']} tokens "
+        f"({tokens['image_tokens']} image), LLaVA {tokens['llava_prompt_tokens']} "
+        f"({tokens['llava_image_tokens']} image)"
+    )
+    vision, flops = results["vision"], results["flops"]
+    rows = [
+        [name, flops["experts"][name]["resolution"], cell(t, 3), cell(flops["experts"][name]["gflops"], 3)]
+        for name, t in vision["experts_ms"].items()
+    ]
+    rows += [
+        ["experts, summed", "", cell(vision["experts_sum_ms"], 3), cell(flops["tower_gflops"], 3)],
+        ["tower (experts + grid + concat)", "", cell(vision["tower_ms"], 3), ""],
+        ["projector", "", cell(vision["projector_ms"], 3), ""],
+        ["LLaVA CLIP tower", "", cell(vision["llava_tower_ms"], 3), cell(flops["llava_clip_gflops"], 3)],
+    ]
+    table("vision (one image)", ["", "px", "ms", "GFLOPs"], rows)
+    if flops["fraction_of_peak"] is not None:
+        lines.append(
+            f"  tower: {flops['tower_tflops_per_s']:.1f} TFLOP/s, {100 * flops['fraction_of_peak']:.1f}% of "
+            f"the device's {flops['peak_tflops']:.0f} TFLOP/s dense peak"
+        )
+    channels = results.get("convnext_channels_last")
+    if channels:
+        lines.append(
+            f"  ConvNeXt channels-last: {channels['channels_last_ms']:.3f} ms vs {channels['default_ms']:.3f} ms "
+            f"(x{channels['speedup']:.2f})"
+        )
+    prefill, ttft, step = results["prefill"], results["time_to_first_token_ms"], results["decode_step"]
+    speed = results["decode_tokens_per_s"]
+    table(
+        "inference (batch 1)",
+        ["", "Eagle", "LLaVA", "LLM"],
+        [
+            ["prefill ms", cell(prefill["eagle_ms"], 3), cell(prefill["llava_ms"], 3), cell(prefill["llm_ms"], 3)],
+            ["time to first token ms", cell(ttft["eagle"], 3), cell(ttft["llava"], 3), cell(ttft["llm"], 3)],
+            ["decode step ms", cell(step["eagle"], 3), cell(step["llava"], 3), cell(step["llm"], 3)],
+            ["decode tokens/s", cell(speed["eagle"], 1), cell(speed["llava"], 1), cell(speed["llm"], 1)],
+            ["LLM prefill GFLOPs (analytic)", "", "", cell(flops["llm_prefill_gflops"], 3)],
+        ],
+    )
+    batching = results["batching"]
+    lines.append(
+        f"  batch {batching['batch']}: {cell(batching['batched_tokens_per_s'], 1)} tokens/s "
+        f"(one request: {cell(batching['single_tokens_per_s'], 1)}); encoding {batching['batch']} images "
+        f"{cell(batching['encode_batched_ms'], 3)} ms (one: {cell(batching['encode_single_ms'], 3)} ms)"
+    )
+    training = results["training"]
+    rows = []
+    for stage in STAGES:
+        row = [f"{stage} ({', '.join(training['stages'][stage])})"]
+        for kind in ("eagle", "llava", "llm"):
+            entry = training[kind].get(stage)
+            if entry is None:
+                row.append("-")
+            elif "error" in entry:
+                row.append(entry["error"][:24])
+            else:
+                row.append(f"{cell(entry['step_ms'], 1)} ms / {cell(entry['peak_memory_mib'], 1)} MiB")
+        rows.append(row)
+    title = f"training step, batch {training['batch']} (step time / peak memory added)"
+    table(title, ["", "Eagle", "LLaVA", "LLM"], rows)
+    rows = []
+    for name, entry in results["bars"].items():
+        measured = entry["measured"]
+        shown = f"{measured:.3f}" if isinstance(measured, float) else str(measured)
+        limit = f"{entry['comparison']} {entry['limit']}" if "limit" in entry else ""
+        verdict = {True: "pass", False: "FAIL", None: "n/a"}[entry["pass"]]
+        rows.append([name, shown, limit, verdict])
+    table("bars", ["", "measured", "limit", ""], rows)
+    lines.append(f"\n{results['wall_s']} s")
+    return "\n".join(lines)
+
+
+def write_json(results: dict, path) -> None:
+    with open(path, "w") as file:
+        json.dump(results, file, indent=2)
+        file.write("\n")

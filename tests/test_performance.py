@@ -1,0 +1,410 @@
+"""The fast paths and the benchmark: no sync in the vision tower, SDPA in every expert, frozen experts, static cache
+and compiled decoding, bf16, device_map placement, 8/4-bit loading, channels-last ConvNeXt, and `eagle bench`.
+
+No test here asserts a speed: the speed goals are the bench's bars, measured by `eagle bench`."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import infer_auto_device_map
+from conftest import chat, make_image, tiny_config, tiny_model
+from transformers import AutoModelForImageTextToText, CompileConfig
+
+from benchmarks.bench import STAGES, expert_inputs
+from modeling_eagle.cli import main
+from modeling_eagle.modeling_eagle import QUANTIZATION_SKIP_MODULES, EagleForConditionalGeneration, EagleVisionTower
+from training.callbacks import StageSetupCallback
+
+EXPERTS_WITH_ATTENTION = ("clip", "sam", "eva02", "pix2struct")
+
+
+def prompt_inputs(processor, questions=("What colour is it?",), images_per_prompt=(1,)):
+    texts, images = [], []
+    for i, (question, n_images) in enumerate(zip(questions, images_per_prompt)):
+        texts.append(processor.apply_chat_template(chat(question, n_images), add_generation_prompt=True))
+        images += [make_image(40 + 8 * i + j, 32 + 4 * j, seed=10 * i + j) for j in range(n_images)]
+    return processor(images=images, text=texts, return_tensors="pt", padding=True)
+
+
+def real_expert_inputs(config, batch=2, padding_patches=0):
+    """Random pixels, and Pix2Struct patches with real row/column ids (and optionally all-zero padding rows)."""
+    generator = torch.Generator().manual_seed(0)
+    inputs = []
+    for spec, empty in zip(config.vision_config.experts, expert_inputs(config, batch, device="cpu")):
+        x = torch.randn(empty.shape, generator=generator)
+        if spec["type"] == "pix2struct":
+            side = math.isqrt(spec["max_patches"])
+            real = torch.arange(x.shape[1]) < x.shape[1] - padding_patches
+            x[:, :, 0] = torch.where(real, torch.arange(x.shape[1]) // side + 1, 0).float()
+            x[:, :, 1] = torch.where(real, torch.arange(x.shape[1]) % side + 1, 0).float()
+            x[:, ~real] = 0
+        inputs.append(x)
+    return inputs
+
+
+# ---------------------------------------------------------------------------------------------- no host sync
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize("grad", [False, True])
+def test_vision_tower_runs_on_the_meta_device_so_it_never_syncs(tokenizer, attn_implementation, grad):
+    """On meta any .item(), .tolist(), bool(tensor), nonzero, boolean-mask indexing or copy to the CPU raises: the
+    whole tower (five experts, Pix2Struct's flattened patches included) runs there, in inference and training."""
+    config = tiny_config(tokenizer, attn_implementation=attn_implementation)
+    with torch.device("meta"):
+        tower = EagleVisionTower(config.vision_config).train(grad)
+    with torch.set_grad_enabled(grad):
+        out = tower(expert_inputs(config, batch=2), return_expert_features=True)
+    assert out.last_hidden_state.device.type == "meta"
+    assert out.last_hidden_state.shape == (2, config.image_seq_length, tower.hidden_size)
+    assert list(out.expert_features) == ["clip", "convnext", "sam", "eva02", "pix2struct"]
+
+
+def test_the_meta_check_catches_a_sync(tokenizer):
+    config = tiny_config(tokenizer)
+    with torch.device("meta"):
+        tower = EagleVisionTower(config.vision_config).eval()
+    expert = tower.experts["pix2struct"]
+    forward = expert.forward
+    expert.forward = lambda pixels: forward(pixels[:, : int((pixels[:, :, 0] > 0).sum())])
+    with pytest.raises((RuntimeError, NotImplementedError)), torch.no_grad():
+        tower(expert_inputs(config))
+
+
+def test_vision_tower_compiles_as_one_graph(tokenizer):
+    """fullgraph=True fails on any graph break (a data-dependent branch or a host round trip); the eager backend
+    checks the capture without paying for code generation."""
+    config = tiny_config(tokenizer)
+    tower = EagleVisionTower(config.vision_config).eval()
+    inputs = real_expert_inputs(config, padding_patches=3)
+    with torch.no_grad():
+        expected = tower(inputs).last_hidden_state
+        compiled = torch.compile(tower, fullgraph=True, backend="eager")(inputs).last_hidden_state
+    torch.testing.assert_close(compiled, expected)
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_pix2struct_padding_rows_do_not_change_the_real_patches(tokenizer, attn_implementation):
+    """The padding mask, built with tensor ops only, hides the processor's all-zero padding rows."""
+    config = tiny_config(tokenizer, experts=["pix2struct"], attn_implementation=attn_implementation)
+    expert = EagleVisionTower(config.vision_config).eval().experts["pix2struct"]
+    patches = real_expert_inputs(config)[0]
+    padded = torch.cat([patches, torch.zeros(patches.shape[0], 5, patches.shape[2])], dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(expert(padded), expert(patches), rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- SDPA
+
+
+def sdpa_calls_by_expert(tower, inputs, monkeypatch) -> dict[str, int]:
+    calls = dict.fromkeys(tower.experts, 0)
+    current = []
+
+    def enter(module, args):
+        current.append(module)
+
+    def leave(module, args, output):
+        current.pop()
+
+    for expert in tower.experts.values():
+        expert.register_forward_pre_hook(enter)
+        expert.register_forward_hook(leave)
+    names = {expert: name for name, expert in tower.experts.items()}
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        if current:
+            calls[names[current[-1]]] += 1
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
+    with torch.no_grad():
+        tower(inputs)
+    return calls
+
+
+def test_every_attention_expert_runs_sdpa_and_agrees_with_eager(tokenizer, monkeypatch):
+    inputs = real_expert_inputs(tiny_config(tokenizer), padding_patches=2)
+    outputs = {}
+    for impl in ("sdpa", "eager"):
+        config = tiny_config(tokenizer, attn_implementation=impl)
+        torch.manual_seed(0)
+        tower = EagleVisionTower(config.vision_config).eval()
+        calls = sdpa_calls_by_expert(tower, inputs, monkeypatch)
+        for name in EXPERTS_WITH_ATTENTION:
+            layers = config.vision_config.experts[list(tower.experts).index(name)]["config"]["num_hidden_layers"]
+            assert calls[name] == (layers if impl == "sdpa" else 0), (impl, name, calls)
+        assert calls["convnext"] == 0  # no attention in a ConvNeXt
+        with torch.no_grad():
+            outputs[impl] = tower(inputs, return_expert_features=True).expert_features
+    for name in tower.experts:
+        torch.testing.assert_close(outputs["sdpa"][name], outputs["eager"][name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+# ---------------------------------------------------------------------------------------------- frozen experts
+
+
+def test_stage2_freezing_backpropagates_into_the_projector_only(tokenizer, processor):
+    """Stage 2's freezing, as the runner applies it: the frozen experts build no graph, yet the projector (fed
+    their outputs) and nothing else gets gradients."""
+    model = tiny_model(tokenizer)
+    StageSetupCallback(STAGES["stage2"]).apply(model)
+    model.train()
+    tower = model.model.vision_tower
+    assert all(not expert.training for expert in tower.experts.values())
+    graphs = []
+    for expert in tower.experts.values():
+        expert.register_forward_hook(lambda module, args, output: graphs.append(output.grad_fn))
+    inputs = prompt_inputs(processor)
+    labels = inputs["input_ids"].masked_fill(inputs["input_ids"] == model.config.image_token_id, -100)
+    model(**inputs, labels=labels).loss.backward()
+    assert graphs == [None] * 5
+    for name, parameter in model.named_parameters():
+        if "multi_modal_projector" in name:
+            assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+        else:
+            assert parameter.grad is None, name
+
+
+def test_bench_stages_are_the_shipped_recipes_stages():
+    from training.recipe import load_recipe
+
+    for recipe in ("tiny", "eagle-x5-paper"):
+        path = Path(__file__).resolve().parents[1] / "training" / "recipes" / f"{recipe}.yaml"
+        stages = {stage.kind: stage.train for stage in load_recipe(path).stages}
+        assert stages["align"] == STAGES["stage2"] and stages["sft"] == STAGES["stage3"], recipe
+
+
+# ---------------------------------------------------------------------------------------------- static cache, compile
+
+
+def test_static_cache_gives_the_dynamic_cache_greedy_tokens(model, processor):
+    for inputs in (prompt_inputs(processor), prompt_inputs(processor, ("Short?", "A longer question here?"), (1, 2))):
+        dynamic = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+        static = model.generate(**inputs, max_new_tokens=8, do_sample=False, cache_implementation="static")
+        torch.testing.assert_close(static, dynamic)
+
+
+def compile_config(**kwargs) -> CompileConfig:
+    config = CompileConfig(fullgraph=True, **kwargs)
+    config._compile_all_devices = True  # generate compiles only on accelerators unless told
+    return config
+
+
+def test_compiled_static_cache_decoding_is_one_graph_with_the_same_tokens(tokenizer, processor):
+    """The decode step that generate compiles with a static cache captures as one graph (fullgraph=True raises on a
+    break); the eager backend checks the capture without paying for code generation."""
+    model = tiny_model(tokenizer)
+    inputs = prompt_inputs(processor)
+    expected = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    compiled = model.generate(
+        **inputs,
+        max_new_tokens=8,
+        do_sample=False,
+        cache_implementation="static",
+        compile_config=compile_config(backend="eager", mode=None),
+    )
+    assert hasattr(model, "_compiled_call")
+    torch.testing.assert_close(compiled, expected)
+
+
+@pytest.mark.slow
+def test_inductor_compiled_static_cache_decoding(tokenizer, processor):
+    model = tiny_model(tokenizer)
+    inputs = prompt_inputs(processor)
+    expected = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    compiled = model.generate(
+        **inputs, max_new_tokens=8, do_sample=False, cache_implementation="static", compile_config=compile_config()
+    )
+    torch.testing.assert_close(compiled, expected)
+
+
+# ---------------------------------------------------------------------------------------------- bf16
+
+
+def test_bf16_loading_and_generation(saved_folder, model, processor):
+    bf16 = AutoModelForImageTextToText.from_pretrained(saved_folder, dtype=torch.bfloat16).eval()
+    assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
+    inputs = prompt_inputs(processor)
+    bf16_inputs = {**inputs, "pixel_values": [p.to(torch.bfloat16) for p in inputs["pixel_values"]]}
+    with torch.inference_mode():
+        out = bf16(**bf16_inputs)
+        reference = model(**inputs)
+        generated = bf16.generate(**bf16_inputs, max_new_tokens=4, do_sample=False)
+    assert generated.shape[1] == inputs["input_ids"].shape[1] + 4
+    # The float32 islands (SAM's neck norm, the grid resampling, position tables) keep bf16 close to float32.
+    fused, fused_reference = out.image_outputs.last_hidden_state.float(), reference.image_outputs.last_hidden_state
+    cosine = torch.nn.functional.cosine_similarity(fused.flatten(), fused_reference.flatten(), dim=0)
+    assert cosine > 0.999, cosine
+    assert torch.isfinite(out.logits).all()
+    torch.testing.assert_close(out.logits.float(), reference.logits, rtol=0.05, atol=0.05)
+
+
+# ---------------------------------------------------------------------------------------------- device_map
+
+
+def repeated_blocks(model) -> set[str]:
+    """Classes of the modules a network repeats: each non-leaf element of a ModuleList that holds no ModuleList."""
+    blocks = set()
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList):
+            for child in module:
+                children = list(child.modules())[1:]
+                if children and not any(isinstance(c, torch.nn.ModuleList) for c in children):
+                    blocks.add(type(child).__name__)
+    return blocks
+
+
+def test_no_split_modules_name_every_expert_block_and_the_decoder_layer(model):
+    blocks = repeated_blocks(model)
+    expected = {"CLIPEncoderLayer", "ConvNextLayer", "SamVisionLayer", "Eva02Block", "Pix2StructVisionLayer"}
+    assert expected | {"LlamaDecoderLayer"} <= blocks
+    assert blocks <= set(model._no_split_modules), blocks - set(model._no_split_modules)
+
+
+def test_auto_device_map_over_two_devices_never_splits_a_block(model):
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    device_map = infer_auto_device_map(
+        model, max_memory={0: size // 2, 1: size, "cpu": size}, no_split_module_classes=model._no_split_modules
+    )
+    assert {0, 1} <= set(device_map.values()), device_map
+
+    def device_of(name):
+        matches = [key for key in device_map if key == "" or name == key or name.startswith(key + ".")]
+        return device_map[max(matches, key=len)]
+
+    checked = 0
+    for module_name, module in model.named_modules():
+        if type(module).__name__ in model._no_split_modules:
+            devices = {device_of(f"{module_name}.{p}") for p, _ in module.named_parameters()}
+            assert len(devices) == 1, (module_name, devices)
+            checked += 1
+    assert checked >= 15
+
+
+def test_device_map_loading_with_offload_gives_the_same_tokens(saved_folder, model, processor, tmp_path):
+    """device_map="auto" with little memory spreads the model over the CPU and disk: accelerate's hooks then move
+    inputs and weights block by block, and the answer must not change."""
+    inputs = prompt_inputs(processor)
+    expected = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    placed = AutoModelForImageTextToText.from_pretrained(
+        saved_folder, device_map="auto", max_memory={"cpu": size // 2}, offload_folder=str(tmp_path / "offload")
+    )
+    assert {"cpu", "disk"} <= set(placed.hf_device_map.values()), placed.hf_device_map
+    torch.testing.assert_close(placed.generate(**inputs, max_new_tokens=5, do_sample=False), expected)
+
+
+# ---------------------------------------------------------------------------------------------- 8-bit / 4-bit
+
+
+def test_quantization_skip_modules_cover_the_experts_and_projector_only(model):
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            high_precision = (
+                name.startswith(("model.vision_tower.", "model.multi_modal_projector.")) or name == "lm_head"
+            )
+            assert should_convert_module(name, QUANTIZATION_SKIP_MODULES) != high_precision, name
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_quantized_llm_with_experts_and_projector_in_full_precision(saved_folder, processor, bits):
+    pytest.importorskip("bitsandbytes")
+    from transformers import BitsAndBytesConfig
+
+    kind = {"load_in_4bit": True} if bits == 4 else {"load_in_8bit": True}
+    config = BitsAndBytesConfig(**kind, llm_int8_skip_modules=QUANTIZATION_SKIP_MODULES)
+    quantized = AutoModelForImageTextToText.from_pretrained(saved_folder, quantization_config=config, device_map="cpu")
+    quantized_class = "Linear4bit" if bits == 4 else "Linear8bitLt"
+    for name, module in quantized.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            in_llm = name.startswith("model.language_model.")
+            assert (type(module).__name__ == quantized_class) == in_llm, (name, type(module).__name__)
+    inputs = prompt_inputs(processor)
+    generated = quantized.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert generated.shape[1] == inputs["input_ids"].shape[1] + 3
+
+
+# ---------------------------------------------------------------------------------------------- channels-last
+
+
+def test_channels_last_convnext_gives_the_same_features_and_saves(tokenizer, tmp_path):
+    model = tiny_model(tokenizer)
+    tower = model.model.vision_tower
+    inputs = real_expert_inputs(model.config)
+    with torch.no_grad():
+        expected = tower(inputs).last_hidden_state
+        tower.set_channels_last(True)
+        convnext = tower.experts["convnext"]
+        convs = [m for m in convnext.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+        torch.testing.assert_close(tower(inputs).last_hidden_state, expected, rtol=1e-5, atol=1e-5)
+    model.save_pretrained(tmp_path)
+    reloaded = EagleForConditionalGeneration.from_pretrained(tmp_path)
+    torch.testing.assert_close(reloaded.state_dict(), model.state_dict())
+    tower.set_channels_last(False)
+    assert all(c.weight.is_contiguous() for c in convs)
+
+
+# ---------------------------------------------------------------------------------------------- eagle bench
+
+
+BAR_NAMES = ("prefill_glue", "decode_step", "stage2_memory", "batched_decode", "batched_encode")
+
+
+def test_eagle_bench_small_quick_writes_every_figure_and_bar(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    assert main(["bench", "--preset", "small", "--quick", "--device", "cpu", "--json", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert "bars" in printed and "prefill_glue" in printed and f"wrote {path}" in printed
+    results = json.loads(path.read_text())
+    assert results["model_preset"] == "eagle-x5-small" and results["device"] == "cpu"
+    experts = ["clip", "convnext", "sam", "eva02", "pix2struct"]
+    assert list(results["vision"]["experts_ms"]) == experts
+    assert list(results["flops"]["experts"]) == experts
+    assert all(results["flops"]["experts"][name]["gflops"] > 0 for name in experts)
+    assert results["flops"]["fraction_of_peak"] is None  # only on a GPU
+    for section in ("prefill", "time_to_first_token_ms", "decode_step", "decode_tokens_per_s"):
+        for model in ("eagle", "llava", "llm"):
+            key = {"prefill": f"{model}_ms"}.get(section, model)
+            assert results[section][key] > 0, (section, model)
+    for field in ("single_tokens_per_s", "batched_tokens_per_s", "encode_single_ms", "encode_batched_ms"):
+        assert results["batching"][field] > 0
+    for model, stages in (("eagle", STAGES), ("llava", STAGES), ("llm", ["stage3"])):
+        for stage in stages:
+            entry = results["training"][model][stage]
+            assert entry["step_ms"] > 0 and entry["peak_memory_mib"] > 0 and entry["trainable_parameters"] > 0
+    assert (
+        results["training"]["eagle"]["stage3"]["trainable_parameters"]
+        > 10 * (results["training"]["eagle"]["stage2"]["trainable_parameters"])
+    )
+    bars = results["bars"]
+    assert set(bars) == {*BAR_NAMES, "vision_tower_no_sync"}
+    for name in BAR_NAMES:
+        assert isinstance(bars[name]["measured"], float) and bars[name]["measured"] > 0, name
+        assert bars[name]["comparison"] in ("<=", ">=") and isinstance(bars[name]["pass"], bool), name
+        assert bars[name]["values"], name
+    assert bars["vision_tower_no_sync"]["pass"] is True
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--device", "cuda"], "CUDA is not available"),
+        (["--repeats", "0"], "--repeats 0"),
+        (["--device", "gpu"], "not a device"),
+        (["--json", "/no/such/folder/bench.json"], "its folder does not exist"),
+    ],
+)
+def test_eagle_bench_errors_are_one_line(argv, message, capsys):
+    if "cuda" in argv and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["bench", *argv]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("eagle bench: error:") and message in error and "\n" not in error
