@@ -320,12 +320,36 @@ def count_flops(preset: str, prompt_tokens: int) -> dict:
     }
     clip_size = clip.config.image_size
     ids = torch.zeros(1, prompt_tokens, dtype=torch.long, device="meta")
-    return {
+    counts = {
         "experts": experts,
         "tower_gflops": sum(entry["gflops"] for entry in experts.values()),
         "llava_clip_gflops": flops(partial(clip, torch.zeros(1, 3, clip_size, clip_size, device="meta"))) / 1e9,
         "llm_prefill_gflops": flops(partial(llm, input_ids=ids, use_cache=True, logits_to_keep=1)) / 1e9,
     }
+    if preset == "x5-7b":
+        counts["released_resolutions"] = released_resolution_flops(config, flops)
+    return counts
+
+
+def released_resolution_flops(config, flops) -> dict:
+    """The tower's FLOPs at the resolutions the released checkpoints run (CLIP 336, the others 1024; the preset
+    feeds every expert 448), counted the same way: what the paper's model costs per image."""
+    from modeling_eagle.convert_nveagle import TOWER_NAMES
+    from modeling_eagle.modeling_eagle import EagleVisionTower
+
+    released = {expert_type: (size, extra) for expert_type, size, extra in TOWER_NAMES.values()}
+    config = copy.deepcopy(config)
+    for spec in config.vision_config.experts:
+        size, extra = released[spec["type"]]
+        spec.update(image_size=size, **extra)
+    with torch.device("meta"):
+        tower = EagleVisionTower(config.vision_config)
+    pixels = expert_inputs(config)
+    experts = {
+        name: {"resolution": spec["image_size"], "gflops": flops(partial(expert, pixels[i])) / 1e9}
+        for i, ((name, expert), spec) in enumerate(zip(tower.experts.items(), config.vision_config.experts))
+    }
+    return {"experts": experts, "tower_gflops": sum(entry["gflops"] for entry in experts.values())}
 
 
 def peak_tflops(device: torch.device, dtype: torch.dtype) -> float | None:
@@ -820,6 +844,12 @@ def format_table(results: dict) -> str:
         ["LLaVA CLIP tower", "", cell(vision["llava_tower_ms"], 3), cell(flops["llava_clip_gflops"], 3)],
     ]
     table("vision (one image)", ["", "px", "ms", "GFLOPs"], rows)
+    released = flops.get("released_resolutions")
+    if released:
+        per_expert = ", ".join(
+            f"{n} {e['gflops'] / 1e3:.2f} at {e['resolution']}" for n, e in released["experts"].items()
+        )
+        lines.append(f"  at the released resolutions: {released['tower_gflops'] / 1e3:.2f} TFLOPs ({per_expert})")
     if flops["fraction_of_peak"] is not None:
         lines.append(
             f"  tower: {flops['tower_tflops_per_s']:.1f} TFLOP/s, {100 * flops['fraction_of_peak']:.1f}% of "

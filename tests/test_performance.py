@@ -13,7 +13,7 @@ from accelerate import infer_auto_device_map
 from conftest import chat, make_image, tiny_config, tiny_model
 from transformers import AutoModelForImageTextToText, CompileConfig
 
-from benchmarks.bench import STAGES, expert_inputs
+from benchmarks.bench import STAGES, count_flops, expert_inputs
 from modeling_eagle.cli import main
 from modeling_eagle.modeling_eagle import QUANTIZATION_SKIP_MODULES, EagleForConditionalGeneration, EagleVisionTower
 from training.callbacks import StageSetupCallback
@@ -356,6 +356,17 @@ def test_channels_last_convnext_gives_the_same_features_and_saves(tokenizer, tmp
 
 
 BAR_NAMES = ("prefill_glue", "decode_step", "stage2_memory", "batched_decode", "batched_encode")
+
+
+def test_x5_7b_flops_at_the_released_resolutions_are_the_papers_15_tflops():
+    """Counted on the meta device: the full layout at 448 px per expert, and at the released 336/1024 px, where
+    EAGLE-X5.md puts the five experts at roughly 15 TFLOPs per image."""
+    counts = count_flops("x5-7b", prompt_tokens=1056)
+    released = counts["released_resolutions"]
+    assert {e["resolution"] for e in released["experts"].values()} == {336, 1024}
+    assert 14e3 < released["tower_gflops"] < 17e3
+    assert counts["tower_gflops"] < released["tower_gflops"] / 3  # every expert at 448 px
+    assert "released_resolutions" not in count_flops("small", prompt_tokens=96)
 
 
 def test_eagle_bench_small_quick_writes_every_figure_and_bar(tmp_path, capsys):
