@@ -39,7 +39,6 @@ Every figure comes from one run on one device, with the same inputs for every mo
 import contextlib
 import copy
 import json
-import logging as logging_stdlib
 import multiprocessing
 import os
 import platform
@@ -52,10 +51,11 @@ from functools import partial
 import torch
 from transformers.utils import logging
 
+from modeling_eagle.cli import quiet_bitsandbytes_cpu_warning
+
 logger = logging.get_logger(__name__)
-# The training steps run in fresh processes that import peft/trl, and so bitsandbytes, which on a CPU warns that
-# its optional Hub-fetched kernels are missing (the CLI quiets it the same way); its fallback works.
-logging_stdlib.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging_stdlib.ERROR)
+# The training steps run in fresh processes (forkserver-preloaded with this module) that import bitsandbytes.
+quiet_bitsandbytes_cpu_warning()
 
 PRESETS = {"small": "eagle-x5-small", "x5-7b": "eagle-x5"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -313,16 +313,10 @@ def count_flops(preset: str, prompt_tokens: int) -> dict:
             fn()
         return counter.get_total_flops()
 
-    pixels = expert_inputs(config)
-    experts = {
-        name: {"resolution": spec["image_size"], "gflops": flops(partial(expert, pixels[i])) / 1e9}
-        for i, ((name, expert), spec) in enumerate(zip(tower.experts.items(), config.vision_config.experts))
-    }
     clip_size = clip.config.image_size
     ids = torch.zeros(1, prompt_tokens, dtype=torch.long, device="meta")
     counts = {
-        "experts": experts,
-        "tower_gflops": sum(entry["gflops"] for entry in experts.values()),
+        **tower_flops(tower, config, flops),
         "llava_clip_gflops": flops(partial(clip, torch.zeros(1, 3, clip_size, clip_size, device="meta"))) / 1e9,
         "llm_prefill_gflops": flops(partial(llm, input_ids=ids, use_cache=True, logits_to_keep=1)) / 1e9,
     }
@@ -344,6 +338,11 @@ def released_resolution_flops(config, flops) -> dict:
         spec.update(image_size=size, **extra)
     with torch.device("meta"):
         tower = EagleVisionTower(config.vision_config)
+    return tower_flops(tower, config, flops)
+
+
+def tower_flops(tower, config, flops) -> dict:
+    """Each expert's FLOPs on one image at its configured resolution, and their sum."""
     pixels = expert_inputs(config)
     experts = {
         name: {"resolution": spec["image_size"], "gflops": flops(partial(expert, pixels[i])) / 1e9}
@@ -908,6 +907,7 @@ def format_table(results: dict) -> str:
 
 
 def write_json(results: dict, path) -> None:
+    # Serialised before opening: results that cannot be serialised leave an earlier file untouched.
+    text = json.dumps(results, indent=2) + "\n"
     with open(path, "w") as file:
-        json.dump(results, file, indent=2)
-        file.write("\n")
+        file.write(text)

@@ -346,15 +346,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_bitsandbytes_cpu_warning() -> None:
+    """bitsandbytes on a CPU warns at import (through peft/trl, in every command) that its optional Hub-fetched
+    kernels are missing; its built-in fallback works, and the line would bury the command's own output."""
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    # bitsandbytes on a CPU warns at import (through peft/trl, in every command) that its optional Hub-fetched
-    # kernels are missing; its built-in fallback works, and the line would bury the command's own output.
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    quiet_bitsandbytes_cpu_warning()
     try:
         args.func(args)
     except (UserError, ValueError, FileNotFoundError, FileExistsError, PermissionError) as error:

@@ -1,5 +1,6 @@
 """Shared fixtures: tiny Eagle models, a locally built tokenizer, processors and saved folders (all offline)."""
 
+import math
 import os
 from pathlib import Path
 
@@ -54,6 +55,20 @@ def saved_folder(tmp_path_factory, model, processor):
     path = tmp_path_factory.mktemp("eagle") / "eagle-x5-tiny"
     save_folder(path, processor, model=model)
     return path
+
+
+def pix2struct_patches(batch, max_patches, width=770, real=None, generator=None) -> torch.Tensor:
+    """Random flattened patches with 1-based row/column ids on a ``isqrt(max_patches)``-wide grid for the first
+    ``real`` rows (default: the whole square grid) and all-zero padding rows after them, as the processor makes."""
+    side = math.isqrt(max_patches)
+    real = side * side if real is None else real
+    patches = torch.randn(batch, max_patches, width, generator=generator)
+    index = torch.arange(max_patches)
+    is_real = index < real
+    patches[:, :, 0] = torch.where(is_real, index // side + 1, 0).float()
+    patches[:, :, 1] = torch.where(is_real, index % side + 1, 0).float()
+    patches[:, ~is_real] = 0
+    return patches
 
 
 def make_image(width=48, height=40, colour=(200, 30, 30), seed=0) -> Image.Image:

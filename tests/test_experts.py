@@ -1,10 +1,9 @@
 """Each vision expert: shapes at several resolutions, grid steps, agreement with the transformers modules it
 reuses, and the full-size parameter counts of EAGLE-X5.md §7 (built on the meta device)."""
 
-import math
-
 import pytest
 import torch
+from conftest import pix2struct_patches
 from transformers import ConvNextConfig, ConvNextModel, Pix2StructVisionConfig, Pix2StructVisionModel, SamVisionConfig
 from transformers.models.clip.modeling_clip import CLIPVisionConfig, CLIPVisionModel
 from transformers.models.sam.modeling_sam import SamVisionEncoder
@@ -14,17 +13,6 @@ from modeling_eagle.modeling_eagle import EXPERT_CLASSES, EagleForConditionalGen
 from modeling_eagle.presets import TINY_EXPERTS, eagle_config, expert_specs
 
 torch.manual_seed(0)
-
-
-def pix2struct_patches(batch: int, max_patches: int, width: int = 770) -> torch.Tensor:
-    side = math.isqrt(max_patches)
-    patches = torch.randn(batch, max_patches, width)
-    index = torch.arange(max_patches)
-    real = index < side * side
-    patches[:, :, 0] = torch.where(real, index // side + 1, 0).float()
-    patches[:, :, 1] = torch.where(real, index % side + 1, 0).float()
-    patches[:, ~real] = 0
-    return patches
 
 
 def expert_input(spec: dict, batch: int = 2) -> torch.Tensor:

@@ -4,13 +4,12 @@ and compiled decoding, bf16, device_map placement, 8/4-bit loading, channels-las
 No test here asserts a speed: the speed goals are the bench's bars, measured by `eagle bench`."""
 
 import json
-import math
 from pathlib import Path
 
 import pytest
 import torch
 from accelerate import infer_auto_device_map
-from conftest import chat, make_image, tiny_config, tiny_model
+from conftest import chat, make_image, pix2struct_patches, tiny_config, tiny_model
 from transformers import AutoModelForImageTextToText, CompileConfig
 
 from benchmarks.bench import STAGES, count_flops, expert_inputs
@@ -34,14 +33,11 @@ def real_expert_inputs(config, batch=2, padding_patches=0):
     generator = torch.Generator().manual_seed(0)
     inputs = []
     for spec, empty in zip(config.vision_config.experts, expert_inputs(config, batch, device="cpu")):
-        x = torch.randn(empty.shape, generator=generator)
         if spec["type"] == "pix2struct":
-            side = math.isqrt(spec["max_patches"])
-            real = torch.arange(x.shape[1]) < x.shape[1] - padding_patches
-            x[:, :, 0] = torch.where(real, torch.arange(x.shape[1]) // side + 1, 0).float()
-            x[:, :, 1] = torch.where(real, torch.arange(x.shape[1]) % side + 1, 0).float()
-            x[:, ~real] = 0
-        inputs.append(x)
+            _, rows, width = empty.shape
+            inputs.append(pix2struct_patches(batch, rows, width, real=rows - padding_patches, generator=generator))
+        else:
+            inputs.append(torch.randn(empty.shape, generator=generator))
     return inputs
 
 
