@@ -115,7 +115,13 @@ def _cmd_quickstart(args) -> None:
 def _cmd_data_synth(args) -> None:
     from training.synth import generate
 
-    manifest = generate(args.output, n=args.n, seed=args.seed)
+    manifest = generate(
+        args.output,
+        n=args.n,
+        seed=args.seed,
+        questions_per_image=args.questions_per_image,
+        conversations=args.conversations,
+    )
     print(f"wrote synthetic data to {args.output}: {manifest}")
 
 
@@ -267,10 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--output", default="eagle-quickstart", help="folder to create (default eagle-quickstart)")
     quick.add_argument("--seed", type=int, default=0, help="seed for data and training (default 0)")
     quick.add_argument("--ablate", action="store_true", help="also train single-expert and no-pre-alignment variants")
-    quick.add_argument("--n-images", type=int, help="synthetic images (default 3000)")
+    quick.add_argument("--n-images", type=int, help="synthetic images (default 8000)")
     quick.add_argument("--prealign-steps", type=int, help="steps per expert in stage 1 (default 20)")
     quick.add_argument("--align-steps", type=int, help="steps of stage 2 (default 30)")
-    quick.add_argument("--sft-steps", type=int, help="steps of stage 3 (default 1200)")
+    quick.add_argument("--sft-steps", type=int, help="steps of stage 3 (default 2800)")
     quick.set_defaults(func=_cmd_quickstart)
 
     data = commands.add_parser("data", help="dataset tools", description="Dataset tools.")
@@ -284,6 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--output", required=True, help="folder to write")
     synth.add_argument("--n", type=int, default=512, help="number of images (default 512)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.add_argument(
+        "--questions-per-image", type=int, default=2, help="questions per image, of different types (default 2)"
+    )
+    synth.add_argument(
+        "--conversations",
+        action="store_true",
+        help="one multi-turn record per training image holding all its questions, not one record per question",
+    )
     synth.set_defaults(func=_cmd_data_synth)
 
     push = commands.add_parser(

@@ -28,6 +28,8 @@ class ConvNextExpert(VisionExpert):
         for module in self.modules():
             if isinstance(module, nn.LayerNorm):
                 module.eps = self.config.layer_norm_eps
+            if isinstance(module, ConvNextLayer):  # weights are initialised after construction, without the config
+                module.layer_scale_init_value = self.config.layer_scale_init_value
         self.channels_last = False
 
     @property
@@ -42,7 +44,7 @@ class ConvNextExpert(VisionExpert):
     @classmethod
     def init_module(cls, module: nn.Module, std: float) -> None:
         if isinstance(module, ConvNextLayer) and module.layer_scale_parameter is not None:
-            init.constant_(module.layer_scale_parameter, 1e-6)
+            init.constant_(module.layer_scale_parameter, module.layer_scale_init_value)
 
     def set_channels_last(self, enabled: bool = True) -> None:
         """Keep the convolution weights, the input and so every activation in channels-last (NHWC) layout.

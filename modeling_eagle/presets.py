@@ -177,7 +177,15 @@ SMALL_EXPERTS = {
         "image_size": 64,
         "image_mean": CLIP_MEAN,
         "image_std": CLIP_STD,
-        "config": {"hidden_sizes": [16, 32, 48, 64], "depths": [1, 1, 1, 1], "patch_size": 2, "layer_norm_eps": 1e-5},
+        # Layer scale 1 instead of the pretrained-model default 1e-6: trained from scratch in minutes, blocks that
+        # start as near-identities barely learn.
+        "config": {
+            "hidden_sizes": [16, 32, 48, 64],
+            "depths": [1, 1, 1, 1],
+            "patch_size": 2,
+            "layer_norm_eps": 1e-5,
+            "layer_scale_init_value": 1.0,
+        },
     },
     "sam": {
         "type": "sam",
@@ -232,6 +240,9 @@ SMALL_EXPERTS = {
 
 SMALL_LLAMA = {
     "model_type": "llama",
+    # 0.02 suits 4096-wide models; at 128 wide a ~1/sqrt(width) init trains the quickstart's from-scratch LLM
+    # (and projector) much faster.
+    "initializer_range": 0.1,
     "hidden_size": 128,
     "intermediate_size": 256,
     "num_hidden_layers": 2,
@@ -270,7 +281,13 @@ X4 = ("clip", "convnext", "eva02", "pix2struct")
 PRESETS = {
     "eagle-x5": {"experts": X5, "table": FULL_EXPERTS, "text": VICUNA_7B, "grid_size": 32, "image_size": 448},
     "eagle-x4": {"experts": X4, "table": FULL_EXPERTS, "text": VICUNA_7B, "grid_size": 32, "image_size": 448},
-    "eagle-x5-small": {"experts": X5, "table": SMALL_EXPERTS, "text": SMALL_LLAMA, "grid_size": 8},
+    "eagle-x5-small": {
+        "experts": X5,
+        "table": SMALL_EXPERTS,
+        "text": SMALL_LLAMA,
+        "grid_size": 8,
+        "vision_initializer_range": 0.125,  # ~1/sqrt(width) for the 64-wide experts, as for the LLM above
+    },
     "eagle-x5-tiny": {"experts": X5, "table": TINY_EXPERTS, "text": TINY_LLAMA, "grid_size": 4},
     "eagle-x4-tiny": {"experts": X4, "table": TINY_EXPERTS, "text": TINY_LLAMA, "grid_size": 4},
 }
@@ -304,7 +321,11 @@ def eagle_config(
     if vocab_size is not None:
         text["vocab_size"] = vocab_size
     text.setdefault("vocab_size", 1024)
-    vision = {"experts": expert_specs(preset, experts), "grid_size": overrides.pop("grid_size", recipe["grid_size"])}
+    vision = {
+        "experts": expert_specs(preset, experts),
+        "grid_size": overrides.pop("grid_size", recipe["grid_size"]),
+        "initializer_range": recipe.get("vision_initializer_range", 0.02),
+    }
     token = image_token_id if image_token_id is not None else text["vocab_size"] - 1
     return EagleConfig(vision_config=vision, text_config=text, image_token_id=token, **overrides)
 

@@ -72,6 +72,14 @@ class EagleProcessor(ProcessorMixin):
                     f"most {limit} (tokenizer.model_max_length); shorten the text or give fewer images"
                 )
 
+    def _adjust_assistant_masks_indices(self, processed_dict, generation_indices):
+        # transformers walks the offsets token by token; as a tensor (return_tensors="pt", as TRL's collator asks)
+        # every step makes a 0-d tensor, and for multi-turn samples the walk took longer than a CPU training step.
+        offsets = processed_dict.get("offset_mapping")
+        if hasattr(offsets, "tolist"):
+            processed_dict["offset_mapping"] = offsets.tolist()
+        return super()._adjust_assistant_masks_indices(processed_dict, generation_indices)
+
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         return self.image_token * self.num_image_tokens
 

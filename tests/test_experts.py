@@ -176,3 +176,13 @@ def test_full_size_presets_match_the_released_parameter_counts(preset):
         assert abs(projector - 48.2) < 0.1
     assert config.image_seq_length == 1024
     assert all(spec["image_size"] == 448 for spec in config.vision_config.experts)
+
+
+@pytest.mark.parametrize(("configured", "expected"), [(None, 1e-6), (1.0, 1.0)])
+def test_convnext_layer_scale_starts_at_the_configured_value(configured, expected):
+    spec = expert_specs("eagle-x5-tiny", ["convnext"])[0]
+    if configured is not None:
+        spec["config"]["layer_scale_init_value"] = configured
+    tower = EagleVisionTower(EagleVisionConfig(experts=[spec], grid_size=4))  # weights from _init_weights
+    scales = [p for name, p in tower.named_parameters() if name.endswith("layer_scale_parameter")]
+    assert scales and all(torch.equal(p, torch.full_like(p, expected)) for p in scales)

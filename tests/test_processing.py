@@ -51,6 +51,42 @@ def test_assistant_mask_covers_only_assistant_replies(processor):
     assert not (out["input_ids"][0][mask] == processor.image_token_id).any()
 
 
+def test_assistant_mask_covers_every_reply_of_a_conversation(processor):
+    questions, replies = ["Colour?", "Shape?", "How many?"], ["red", "circle", "2"]
+    messages = []
+    for index, (question, reply) in enumerate(zip(questions, replies)):
+        user = [{"type": "text", "text": question}]
+        if index == 0:
+            user.insert(0, {"type": "image", "image": make_image()})
+        messages += [
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": [{"type": "text", "text": reply}]},
+        ]
+    out = processor.apply_chat_template(
+        messages, tokenize=True, return_dict=True, return_tensors="pt", return_assistant_tokens_mask=True
+    )
+    ids, mask = out["input_ids"][0].tolist(), out["assistant_masks"][0].tolist()
+    runs, current = [], []
+    for token, supervised in zip(ids, mask):
+        if supervised:
+            current.append(token)
+        elif current:
+            runs, current = [*runs, current], []
+    runs += [current] if current else []
+    assert [processor.tokenizer.decode(run).strip() for run in runs] == [f"{reply}</s>" for reply in replies]
+
+
+def test_vicuna_without_system_prompt_renders_the_same_turns(processor):
+    messages = [
+        *chat("What colour is the circle?"),
+        {"role": "assistant", "content": [{"type": "text", "text": "red"}]},
+    ]
+    full = processor.apply_chat_template(messages, chat_template=CHAT_TEMPLATES["vicuna_v1"])
+    bare = processor.apply_chat_template(messages, chat_template=CHAT_TEMPLATES["vicuna_v1_no_system"])
+    assert VICUNA_SYSTEM in full and VICUNA_SYSTEM not in bare
+    assert full.replace(VICUNA_SYSTEM, "") == bare
+
+
 @pytest.mark.parametrize("style", ["llama3", "chatml"])
 def test_other_templates_render_images_and_generation_markers(style):
     template = CHAT_TEMPLATES[style]

@@ -91,6 +91,28 @@ def test_both_formats_hold_the_same_records(synth_dir):
     assert caption[0] == {"from": "human", "value": "<image>\n"} and caption[1]["value"].endswith(".")
 
 
+def test_conversations_hold_all_of_an_images_questions(tmp_path):
+    path = tmp_path / "conversations"
+    manifest = synth.generate(
+        path, n=20, seed=1, image_size=SIZE, held_out=0.25, questions_per_image=5, conversations=True
+    )
+    sft, metadata = _read(path / "sft.json"), {m["image"]: m for m in _read(path / "metadata.json")}
+    assert len(sft) == manifest["splits"]["sft"]["images"] == 15  # one record per training image
+    hf = load_from_disk(str(path / "hf" / "sft"))
+    llava, skipped = load_llava_json(path / "sft.json", path)
+    assert skipped == 0 and llava["messages"] == hf["messages"]
+    for record, row in zip(sft, hf):
+        kinds, turns = record["type"].split("+"), record["conversations"]
+        assert len(set(kinds)) == len(kinds) == (5 if metadata[record["image"]]["text"] else 4)  # all that apply
+        assert len(turns) == 2 * len(kinds)
+        assert turns[0]["value"].startswith("<image>\n") and not any("<image>" in t["value"] for t in turns[1:])
+        assert row["answer"] == "\n".join(turn["value"] for turn in turns[1::2])
+        assert sum(block["type"] == "image" for m in row["messages"] for block in m["content"]) == 1
+    assert sum(manifest["splits"]["sft"]["types"].values()) == sum(len(r["type"].split("+")) for r in sft)
+    heldout = _read(path / "sft_heldout.json")  # evaluation asks one question at a time
+    assert all(len(r["conversations"]) == 2 and r["type"] in synth.QUESTION_TYPES for r in heldout)
+
+
 def test_held_out_images_are_disjoint(synth_dir):
     path, _ = synth_dir
     train = {r["image"] for split in ("sft", "captions") for r in _read(path / f"{split}.json")}
@@ -110,9 +132,8 @@ def test_answers_match_the_pixels(synth_dir):
             x, y = shape["center"]
             assert tuple(pixels[y, x]) == synth.COLOURS[shape["colour"]], (meta["image"], shape)
             x0, y0, x1, y1 = shape["box"]
-            third = (0, SIZE / 3) if shape["position"] == "left" else (2 * SIZE / 3, SIZE)
-            if shape["position"] != "middle":
-                assert third[0] <= x0 and x1 <= third[1]
+            half = (0, SIZE / 2) if shape["position"] == "left" else (SIZE / 2, SIZE)
+            assert half[0] <= x0 and x1 <= half[1]
         boxes = [s["box"] for s in meta["shapes"]] + ([meta["text"]["box"]] if meta["text"] else [])
         for i, a in enumerate(boxes):  # nothing overlaps
             for b in boxes[i + 1 :]:
@@ -146,9 +167,8 @@ def test_answers_match_the_pixels(synth_dir):
             centre = shape["center"][0]
             assert answer == shape["position"] == ("left" if centre < SIZE / 2 else "right")
         elif kind == "word":
-            assert question == f"What {meta['text']['kind']} is written in the image?"
-            assert answer == meta["text"]["value"]
-            assert answer in synth.WORDS if meta["text"]["kind"] == "word" else answer.isdigit()
+            assert question == "What word is written in the image?"
+            assert answer == meta["text"]["value"] and answer in synth.WORDS
     assert seen == set(synth.QUESTION_TYPES)
 
 

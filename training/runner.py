@@ -63,7 +63,8 @@ def build_start(recipe: Recipe):
         **spec.get("overrides", {}),
     )
     torch.manual_seed(recipe.seed)
-    return EagleForConditionalGeneration(config).to(dtype), build_processor(config, tokenizer)
+    template = spec.get("chat_template", "vicuna_v1")
+    return EagleForConditionalGeneration(config).to(dtype), build_processor(config, tokenizer, chat_template=template)
 
 
 def stage_arguments(stage: Stage, output_dir: Path, seed: int) -> SFTConfig:

@@ -1,15 +1,14 @@
 """A synthetic visual question-answering and captioning dataset with exact answers, for smoke-training Eagle.
 
-Each image shows 1-3 coloured shapes (distinct shapes, distinct colours) in a 3x2 grid of slots on a light
-background and, in about half the images, a rendered word or number in a band at the bottom. Because every shape
-and colour appears at most once per image, every question has exactly one short answer:
+Each image shows 1-3 coloured shapes (distinct shapes, distinct colours) in a 2x2 grid of slots on a light
+background and, in about half the images, a word in a band at the bottom. Because every shape and colour appears at
+most once per image, every question has exactly one short answer:
 
 * ``colour``   -- "What colour is the circle?" -> "red"
 * ``shape``    -- "What shape is the red object?" -> "circle"
 * ``count``    -- "How many shapes are there?" -> "2"
-* ``position`` -- "Is the red circle on the left or the right?" -> "left" (asked only about shapes that lie wholly
-  in the left or the right third of the image)
-* ``word``     -- "What word is written in the image?" -> "apple" ("What number ..." for digit strings)
+* ``position`` -- "Is the red circle on the left or the right?" -> "left" (every shape lies wholly in one half)
+* ``word``     -- "What word is written in the image?" -> "apple"
 
 ``generate`` writes the same records in two formats:
 
@@ -21,7 +20,6 @@ and colour appears at most once per image, every question has exactly one short 
 Everything is deterministic given the seed: the same arguments give byte-identical JSON and PNG files.
 """
 
-import argparse
 import io
 import json
 import math
@@ -61,8 +59,11 @@ WORDS: tuple[str, ...] = (
 QUESTION_TYPES: tuple[str, ...] = ("colour", "shape", "count", "position", "word")
 
 TEXT_COLOUR = (20, 20, 20)
-_COLUMNS, _ROWS = 3, 2
-_SHAPE_REGION = 0.72  # shapes live in the top 72% of the image, text in the band below
+# Two columns, so that every shape is on the left or the right, and shapes as large as the slots allow: a
+# from-scratch tower at the quickstart's 64 px tells a star from a diamond only when both span a few patches.
+_COLUMNS, _ROWS = 2, 2
+_SHAPE_REGION = 0.7  # shapes live in the top 70% of the image, the word in the band below
+_TEXT_SCALE = 40  # bitmap-font glyphs are image_size // 40 times their 6x11 pixels: 9 px wide at the model's 64 px
 
 
 def _regular_polygon(cx: float, cy: float, radius: float, points: int, inner: float | None = None, rotation=-90):
@@ -114,7 +115,7 @@ def _caption(shapes: list[dict], text: dict | None) -> str:
     body = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
     caption = body[0].upper() + body[1:] + "."
     if text is not None:
-        caption += f" The {text['kind']} '{text['value']}' is written in the picture."
+        caption += f" The word '{text['value']}' is written in the picture."
     return caption
 
 
@@ -134,7 +135,7 @@ def draw_image(rng: random.Random, image_size: int) -> tuple[Image.Image, dict]:
     shapes = []
     for (column, row), kind, colour in zip(slots, kinds, colours):
         extent = int(min(cell_w, cell_h) - 2 * gap)
-        side = rng.randint(max(6, int(extent * 0.6)), max(6, extent))
+        side = rng.randint(max(6, int(extent * 0.75)), max(6, extent))
         x0 = int(column * cell_w) + gap + rng.randint(0, max(0, int(cell_w) - 2 * gap - side))
         y0 = int(row * cell_h) + gap + rng.randint(0, max(0, int(cell_h) - 2 * gap - side))
         box = (x0, y0, x0 + side, y0 + side)
@@ -146,24 +147,20 @@ def draw_image(rng: random.Random, image_size: int) -> tuple[Image.Image, dict]:
                 "rgb": list(COLOURS[colour]),
                 "box": list(box),
                 "center": [(box[0] + box[2]) // 2, (box[1] + box[3]) // 2],
-                "position": ("left", "middle", "right")[column],
+                "position": ("left", "right")[column],
             }
         )
 
     text = None
     if rng.random() < 0.5:
-        if rng.random() < 0.7:
-            kind, value = "word", rng.choice(WORDS)
-        else:  # 2-4 digits, no leading zero
-            digits = rng.randint(2, 4)
-            kind, value = "number", str(rng.randint(10 ** (digits - 1), 10**digits - 1))
-        band_top = int(size * (_SHAPE_REGION + 0.03))
+        value = rng.choice(WORDS)
+        band_top = int(size * _SHAPE_REGION) + gap
         band_height = size - band_top - gap
-        glyphs = _render_text(value, size - 2 * gap, band_height, scale=max(1, size // 56))
+        glyphs = _render_text(value, size - 2 * gap, band_height, scale=max(1, size // _TEXT_SCALE))
         x = gap + rng.randint(0, size - 2 * gap - glyphs.width)
         y = band_top + rng.randint(0, band_height - glyphs.height)
         image.paste(TEXT_COLOUR, (x, y, x + glyphs.width, y + glyphs.height), glyphs)
-        text = {"kind": kind, "value": value, "box": [x, y, x + glyphs.width, y + glyphs.height]}
+        text = {"value": value, "box": [x, y, x + glyphs.width, y + glyphs.height]}
 
     return image, {"background": list(background), "shapes": shapes, "text": text}
 
@@ -177,12 +174,9 @@ def _questions(meta: dict) -> dict[str, tuple[str, str]]:
         questions["colour"] = (f"What colour is the {s['shape']}?", s["colour"])
         questions["shape"] = (f"What shape is the {s['colour']} object?", s["shape"])
         questions["count"] = ("How many shapes are there?", str(len(shapes)))
-        sided = [s for s in shapes if s["position"] in ("left", "right")]
-        if sided:
-            s = sided[meta["_pick"] % len(sided)]
-            questions["position"] = (f"Is the {_describe(s)} on the left or the right?", s["position"])
+        questions["position"] = (f"Is the {_describe(s)} on the left or the right?", s["position"])
     if text is not None:
-        questions["word"] = (f"What {text['kind']} is written in the image?", text["value"])
+        questions["word"] = ("What word is written in the image?", text["value"])
     return questions
 
 
@@ -194,29 +188,33 @@ def _pick_types(rng: random.Random, available: list[str], counts: Counter, k: in
     return chosen
 
 
-def _llava_record(record_id: str, image: str, question: str, answer: str, **extra) -> dict:
-    """One LLaVA record; an empty question gives the pretraining (caption) style ``"<image>\\n"`` human turn."""
-    return {
-        "id": record_id,
-        "image": image,
-        "conversations": [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}],
-        **extra,
-    }
+def _llava_record(record_id: str, image: str, turns: list[tuple[str, str]], **extra) -> dict:
+    """One LLaVA record of (question, answer) turns, the image in the first; an empty question gives the
+    pretraining (caption) style ``"<image>\\n"`` human turn."""
+    conversations = []
+    for index, (question, answer) in enumerate(turns):
+        human = f"<image>\n{question}" if index == 0 else question
+        conversations += [{"from": "human", "value": human}, {"from": "gpt", "value": answer}]
+    return {"id": record_id, "image": image, "conversations": conversations, **extra}
 
 
-def _hf_row(record_id: str, png: bytes, image: str, question: str | None, answer: str, kind: str) -> dict:
-    user = [{"type": "image", "text": None}]
-    if question:
-        user.append({"type": "text", "text": question})
+def _hf_row(record_id: str, png: bytes, image: str, turns: list[tuple[str, str]], kind: str) -> dict:
+    """The same record in TRL's format; ``answer`` holds the replies, one line each."""
+    messages = []
+    for index, (question, answer) in enumerate(turns):
+        user = [{"type": "image", "text": None}] if index == 0 else []
+        if question:
+            user.append({"type": "text", "text": question})
+        messages += [
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": [{"type": "text", "text": answer}]},
+        ]
     return {
         "id": record_id,
         "images": [{"bytes": png, "path": image}],
-        "messages": [
-            {"role": "user", "content": user},
-            {"role": "assistant", "content": [{"type": "text", "text": answer}]},
-        ],
+        "messages": messages,
         "type": kind,
-        "answer": answer,
+        "answer": "\n".join(answer for _, answer in turns),
     }
 
 
@@ -246,6 +244,7 @@ def generate(
     image_size: int = 128,
     held_out: float = 0.1,
     questions_per_image: int = 2,
+    conversations: bool = False,
     overwrite: bool = False,
 ) -> dict:
     """Draw ``n`` images into ``output_dir`` and write the captioning and question-answering splits in both formats.
@@ -256,7 +255,10 @@ def generate(
         seed: everything is a function of the seed.
         image_size: side of the square images, in pixels (>= 48).
         held_out: fraction of images whose questions go to ``sft_heldout`` (disjoint images).
-        questions_per_image: question records per image, each of a different type (fewer if fewer apply).
+        questions_per_image: questions per image, each of a different type (fewer if fewer apply).
+        conversations: put a training image's questions in one multi-turn record (type ``"colour+count"``, in
+            the order asked) instead of one record each, so that one pass through the vision tower trains on
+            every answer. Held-out records always hold one question, for exact-match evaluation.
         overwrite: replace the outputs of an earlier run in ``output_dir`` instead of raising.
 
     Returns:
@@ -307,14 +309,17 @@ def generate(
         stem = f"{index:05d}"
         if split == "train":
             caption = _caption(meta["shapes"], meta["text"])
-            llava["captions"].append(_llava_record(f"cap-{stem}", name, "", caption))
-            hf_rows["captions"].append(_hf_row(f"cap-{stem}", png, name, None, caption, "caption"))
+            llava["captions"].append(_llava_record(f"cap-{stem}", name, [("", caption)], type="caption"))
+            hf_rows["captions"].append(_hf_row(f"cap-{stem}", png, name, [("", caption)], "caption"))
         target = "sft" if split == "train" else "sft_heldout"
-        for kind in _pick_types(rng, sorted(questions), type_counts[split], questions_per_image):
-            question, answer = questions[kind]
-            record_id = f"{kind}-{stem}"
-            llava[target].append(_llava_record(record_id, name, question, answer, type=kind))
-            hf_rows[target].append(_hf_row(record_id, png, name, question, answer, kind))
+        kinds = _pick_types(rng, sorted(questions), type_counts[split], questions_per_image)
+        rng.shuffle(kinds)
+        groups = [kinds] if conversations and split == "train" else [[kind] for kind in kinds]
+        for group in groups:
+            kind = "+".join(group)
+            turns = [questions[k] for k in group]
+            llava[target].append(_llava_record(f"{kind}-{stem}", name, turns, type=kind))
+            hf_rows[target].append(_hf_row(f"{kind}-{stem}", png, name, turns, kind))
 
     for split, records in llava.items():
         _write_json(output_dir / f"{split}.json", records)
@@ -331,11 +336,12 @@ def generate(
         "image_size": image_size,
         "n_images": n,
         "questions_per_image": questions_per_image,
+        "conversations": conversations,
         "splits": {
             split: {
                 "records": len(records),
                 "images": len({r["image"] for r in records}),
-                "types": dict(sorted(Counter(r.get("type", "caption") for r in records).items())),
+                "types": dict(sorted(Counter(t for r in records for t in r["type"].split("+")).items())),
                 "llava": f"{split}.json",
                 "hf": f"hf/{split}",
             }
@@ -354,29 +360,3 @@ def generate(
 
 def _write_json(path: Path, data) -> None:
     path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="Generate the synthetic shapes/words dataset (LLaVA JSON + HF).")
-    parser.add_argument("output_dir")
-    parser.add_argument("--n", type=int, default=1000, help="number of images")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--held-out", type=float, default=0.1)
-    parser.add_argument("--questions-per-image", type=int, default=2)
-    parser.add_argument("--force", action="store_true", help="replace an earlier run's outputs")
-    args = parser.parse_args(argv)
-    manifest = generate(
-        args.output_dir,
-        n=args.n,
-        seed=args.seed,
-        image_size=args.image_size,
-        held_out=args.held_out,
-        questions_per_image=args.questions_per_image,
-        overwrite=args.force,
-    )
-    print(json.dumps(manifest["splits"], indent=1))
-
-
-if __name__ == "__main__":
-    main()
