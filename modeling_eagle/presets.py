@@ -321,11 +321,9 @@ def eagle_config(
     if vocab_size is not None:
         text["vocab_size"] = vocab_size
     text.setdefault("vocab_size", 1024)
-    vision = {
-        "experts": expert_specs(preset, experts),
-        "grid_size": overrides.pop("grid_size", recipe["grid_size"]),
-        "initializer_range": recipe.get("vision_initializer_range", 0.02),
-    }
+    vision = {"experts": expert_specs(preset, experts), "grid_size": overrides.pop("grid_size", recipe["grid_size"])}
+    if "vision_initializer_range" in recipe:
+        vision["initializer_range"] = recipe["vision_initializer_range"]
     token = image_token_id if image_token_id is not None else text["vocab_size"] - 1
     return EagleConfig(vision_config=vision, text_config=text, image_token_id=token, **overrides)
 
