@@ -257,6 +257,17 @@ def test_lora_stage_saves_loads_and_merges_with_identical_logits(synthetic, tmp_
     assert AutoProcessor.from_pretrained(merged).image_token_id == processor.image_token_id
 
 
+def test_zero_query_init_starts_every_llm_head_uniform_and_leaves_the_rest(synthetic):
+    plain, _ = build_start(tiny_recipe(synthetic))
+    recipe = tiny_recipe(synthetic)
+    recipe.model = {**recipe.model, "zero_query_init": True}
+    zeroed, _ = build_start(recipe)
+    before, after = plain.state_dict(), zeroed.state_dict()
+    queries = [k for k in after if k.startswith("model.language_model.") and ".self_attn.q_proj." in k]
+    assert queries and all(not after[k].any() and before[k].any() for k in queries)
+    assert all(torch.equal(before[k], after[k]) for k in after if k not in queries)
+
+
 def _align_only(synthetic, batch_size: int) -> Path:
     recipe = yaml.safe_load(TINY.read_text())
     stage = next(s for s in recipe["stages"] if s["kind"] == "align")

@@ -101,13 +101,24 @@ def test_conversations_hold_all_of_an_images_questions(tmp_path):
     hf = load_from_disk(str(path / "hf" / "sft"))
     llava, skipped = load_llava_json(path / "sft.json", path)
     assert skipped == 0 and llava["messages"] == hf["messages"]
+    shape_counts = []
     for record, row in zip(sft, hf):
         kinds, turns = record["type"].split("+"), record["conversations"]
-        assert len(set(kinds)) == len(kinds) == (5 if metadata[record["image"]]["text"] else 4)  # all that apply
+        meta = metadata[record["image"]]
+        applicable = set(synth.QUESTION_TYPES) - (set() if meta["text"] else {"word"})
+        missing, shape_counts = applicable - set(kinds), shape_counts + [len(meta["shapes"])]
+        assert len(set(kinds)) == len(kinds)
+        # All that apply, except that with one shape the colour question names the shape question's answer and
+        # the position question names the colour question's.
+        assert missing in ([set()] if len(meta["shapes"]) > 1 else [{"colour"}, {"shape", "position"}])
         assert len(turns) == 2 * len(kinds)
+        questions, answers = [t["value"] for t in turns[0::2]], [t["value"] for t in turns[1::2]]
+        for i, answer in enumerate(answers):
+            assert not any(answer in re.findall(r"\w+", q) for j, q in enumerate(questions) if j != i)
         assert turns[0]["value"].startswith("<image>\n") and not any("<image>" in t["value"] for t in turns[1:])
         assert row["answer"] == "\n".join(turn["value"] for turn in turns[1::2])
         assert sum(block["type"] == "image" for m in row["messages"] for block in m["content"]) == 1
+    assert set(shape_counts) == {1, 2, 3}
     assert sum(manifest["splits"]["sft"]["types"].values()) == sum(len(r["type"].split("+")) for r in sft)
     heldout = _read(path / "sft_heldout.json")  # evaluation asks one question at a time
     assert all(len(r["conversations"]) == 2 and r["type"] in synth.QUESTION_TYPES for r in heldout)
@@ -162,8 +173,8 @@ def test_answers_match_the_pixels(synth_dir):
             (shape,) = [s for s in shapes if s["colour"] == colour]
             assert answer == shape["shape"]
         elif kind == "position":
-            colour, name = re.fullmatch(r"Is the (\w+) (\w+) on the left or the right\?", question).groups()
-            (shape,) = [s for s in shapes if s["colour"] == colour and s["shape"] == name]
+            (colour,) = re.fullmatch(r"Is the (\w+) object on the left or the right\?", question).groups()
+            (shape,) = [s for s in shapes if s["colour"] == colour]
             centre = shape["center"][0]
             assert answer == shape["position"] == ("left" if centre < SIZE / 2 else "right")
         elif kind == "word":

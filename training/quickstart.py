@@ -33,9 +33,9 @@ class Budget:
     align_steps: int = 30
     sft_steps: int = 2800
     batch_size: int = 16
-    vision_lr: float = 3e-3
-    projector_lr: float = 2e-3
-    llm_lr: float = 2e-3
+    vision_lr: float = 1e-3
+    projector_lr: float = 1e-3
+    llm_lr: float = 5e-4
 
 
 # Every answer the data can ask for, as the chat template renders it: each becomes one token (" garden", not
@@ -45,7 +45,12 @@ ANSWERS = (*WORDS, *COLOURS, *SHAPES, "1", "2", "3", "left", "right")
 
 def quickstart_recipe(data: Path, seed: int, budget: Budget, experts=None, prealign: bool = True) -> dict:
     corpus = [f"ASSISTANT: {answer}" for answer in ANSWERS]
-    model = {"preset": "eagle-x5-small", "tokenizer_corpus": corpus, "chat_template": "vicuna_v1_no_system"}
+    model = {
+        "preset": "eagle-x5-small",
+        "tokenizer_corpus": corpus,
+        "chat_template": "vicuna_v1_no_system",
+        "zero_query_init": True,
+    }
     if experts:
         model["overrides"] = {"experts": list(experts)}
     common = {

@@ -3,7 +3,8 @@
 A recipe is a YAML file (schema below; ``training/recipes/`` ships ``eagle-x5-paper.yaml`` and ``tiny.yaml``):
 
 ```yaml
-model: {preset: eagle-x5-tiny}          # or {path: ./a-folder}; optional dtype: float32|bfloat16
+model: {preset: eagle-x5-tiny}          # or {path: ./a-folder}; optional dtype: float32|bfloat16, and for a
+                                        # preset: chat_template, tokenizer_corpus, overrides, zero_query_init
 seed: 0
 data_root: ./data                       # optional; relative data paths start here (default: the recipe's folder)
 stages:

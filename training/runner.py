@@ -63,8 +63,15 @@ def build_start(recipe: Recipe):
         **spec.get("overrides", {}),
     )
     torch.manual_seed(recipe.seed)
+    model = EagleForConditionalGeneration(config)
+    if spec.get("zero_query_init"):
+        # An LLM trained from scratch: with zero queries every head starts as a uniform average over the context,
+        # so the experts' first gradients are pooled rather than scattered by random attention (quickstart, 1400
+        # steps: shape 30% vs 18%, position 100% vs 87%).
+        for layer in model.model.language_model.layers:
+            torch.nn.init.zeros_(layer.self_attn.q_proj.weight)
     template = spec.get("chat_template", "vicuna_v1")
-    return EagleForConditionalGeneration(config).to(dtype), build_processor(config, tokenizer, chat_template=template)
+    return model.to(dtype), build_processor(config, tokenizer, chat_template=template)
 
 
 def stage_arguments(stage: Stage, output_dir: Path, seed: int) -> SFTConfig:

@@ -7,7 +7,7 @@ most once per image, every question has exactly one short answer:
 * ``colour``   -- "What colour is the circle?" -> "red"
 * ``shape``    -- "What shape is the red object?" -> "circle"
 * ``count``    -- "How many shapes are there?" -> "2"
-* ``position`` -- "Is the red circle on the left or the right?" -> "left" (every shape lies wholly in one half)
+* ``position`` -- "Is the red object on the left or the right?" -> "left" (every shape lies wholly in one half)
 * ``word``     -- "What word is written in the image?" -> "apple"
 
 ``generate`` writes the same records in two formats:
@@ -24,6 +24,7 @@ import io
 import json
 import math
 import random
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -165,25 +166,38 @@ def draw_image(rng: random.Random, image_size: int) -> tuple[Image.Image, dict]:
     return image, {"background": list(background), "shapes": shapes, "text": text}
 
 
-def _questions(meta: dict) -> dict[str, tuple[str, str]]:
-    """Every applicable question type -> (question, answer), with a random referent where there is a choice."""
+def _questions(meta: dict, pick: int) -> dict[str, tuple[str, str]]:
+    """Every applicable question type -> (question, answer). The colour question is about one shape, the shape and
+    position questions about another where there are two, so that a conversation can hold them all without one
+    question naming another's answer."""
     shapes, text = meta["shapes"], meta["text"]
     questions = {}
     if shapes:
-        s = shapes[meta["_pick"] % len(shapes)]
-        questions["colour"] = (f"What colour is the {s['shape']}?", s["colour"])
-        questions["shape"] = (f"What shape is the {s['colour']} object?", s["shape"])
+        a, b = shapes[pick % len(shapes)], shapes[(pick + 1) % len(shapes)]
+        questions["colour"] = (f"What colour is the {a['shape']}?", a["colour"])
+        questions["shape"] = (f"What shape is the {b['colour']} object?", b["shape"])
         questions["count"] = ("How many shapes are there?", str(len(shapes)))
-        questions["position"] = (f"Is the {_describe(s)} on the left or the right?", s["position"])
+        questions["position"] = (f"Is the {b['colour']} object on the left or the right?", b["position"])
     if text is not None:
         questions["word"] = ("What word is written in the image?", text["value"])
     return questions
 
 
-def _pick_types(rng: random.Random, available: list[str], counts: Counter, k: int) -> list[str]:
-    """The ``k`` least-used available types so far (ties broken at random): keeps the types balanced."""
-    order = sorted(available, key=lambda t: (counts[t], rng.random()))
-    chosen = order[:k]
+def _names_an_answer(kind: str, others: list[str], questions: dict) -> bool:
+    """Whether ``kind``'s question names an answer of ``others`` or theirs name its answer: in a conversation the
+    later turn could copy the earlier one instead of looking (with one shape, "What colour is the star?" answers
+    "What shape is the red object?")."""
+    words = {k: set(re.findall(r"\w+", questions[k][0])) for k in (kind, *others)}
+    return any(questions[kind][1] in words[o] or questions[o][1] in words[kind] for o in others)
+
+
+def _pick_types(rng: random.Random, questions: dict, counts: Counter, k: int, conversation: bool) -> list[str]:
+    """Up to ``k`` of the least-used applicable types so far (ties broken at random), which keeps the types
+    balanced; for a conversation, none whose question and another's answer meet."""
+    chosen = []
+    for kind in sorted(sorted(questions), key=lambda t: (counts[t], rng.random())):
+        if len(chosen) < k and not (conversation and _names_an_answer(kind, chosen, questions)):
+            chosen.append(kind)
     counts.update(chosen)
     return chosen
 
@@ -255,7 +269,8 @@ def generate(
         seed: everything is a function of the seed.
         image_size: side of the square images, in pixels (>= 48).
         held_out: fraction of images whose questions go to ``sft_heldout`` (disjoint images).
-        questions_per_image: questions per image, each of a different type (fewer if fewer apply).
+        questions_per_image: questions per image, each of a different type (fewer if fewer apply, or, in a
+            conversation, where one question would name another's answer).
         conversations: put a training image's questions in one multi-turn record (type ``"colour+count"``, in
             the order asked) instead of one record each, so that one pass through the vision tower trains on
             every answer. Held-out records always hold one question, for exact-match evaluation.
@@ -301,9 +316,7 @@ def generate(
         png = buffer.getvalue()
         (output_dir / name).write_bytes(png)
 
-        meta["_pick"] = rng.randrange(6)
-        questions = _questions(meta)
-        del meta["_pick"]
+        questions = _questions(meta, pick=rng.randrange(6))
         metadata.append({"image": name, "split": split, **meta})
 
         stem = f"{index:05d}"
@@ -312,9 +325,10 @@ def generate(
             llava["captions"].append(_llava_record(f"cap-{stem}", name, [("", caption)], type="caption"))
             hf_rows["captions"].append(_hf_row(f"cap-{stem}", png, name, [("", caption)], "caption"))
         target = "sft" if split == "train" else "sft_heldout"
-        kinds = _pick_types(rng, sorted(questions), type_counts[split], questions_per_image)
+        conversation = conversations and split == "train"
+        kinds = _pick_types(rng, questions, type_counts[split], questions_per_image, conversation)
         rng.shuffle(kinds)
-        groups = [kinds] if conversations and split == "train" else [[kind] for kind in kinds]
+        groups = [kinds] if conversation else [[kind] for kind in kinds]
         for group in groups:
             kind = "+".join(group)
             turns = [questions[k] for k in group]
