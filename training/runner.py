@@ -66,8 +66,8 @@ def build_start(recipe: Recipe):
     model = EagleForConditionalGeneration(config)
     if spec.get("zero_query_init"):
         # An LLM trained from scratch: with zero queries every head starts as a uniform average over the context,
-        # so the experts' first gradients are pooled rather than scattered by random attention (quickstart, 1400
-        # steps: shape 30% vs 18%, position 100% vs 87%).
+        # so the experts' first gradients are pooled rather than scattered by random attention (quickstart data and
+        # learning rates, 1400 steps, one seed: held-out shape 30% vs 18%, position 100% vs 87%).
         for layer in model.model.language_model.layers:
             torch.nn.init.zeros_(layer.self_attn.q_proj.weight)
     template = spec.get("chat_template", "vicuna_v1")
