@@ -273,10 +273,15 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--output", default="eagle-quickstart", help="folder to create (default eagle-quickstart)")
     quick.add_argument("--seed", type=int, default=0, help="seed for data and training (default 0)")
     quick.add_argument("--ablate", action="store_true", help="also train single-expert and no-pre-alignment variants")
-    quick.add_argument("--n-images", type=int, help="synthetic images (default 8000)")
-    quick.add_argument("--prealign-steps", type=int, help="steps per expert in stage 1 (default 20)")
-    quick.add_argument("--align-steps", type=int, help="steps of stage 2 (default 30)")
-    quick.add_argument("--sft-steps", type=int, help="steps of stage 3 (default 2800)")
+    from training.quickstart import Budget
+
+    budget = Budget()
+    quick.add_argument("--n-images", type=int, help=f"synthetic images (default {budget.n_images})")
+    quick.add_argument(
+        "--prealign-steps", type=int, help=f"steps per expert in stage 1 (default {budget.prealign_steps})"
+    )
+    quick.add_argument("--align-steps", type=int, help=f"steps of stage 2 (default {budget.align_steps})")
+    quick.add_argument("--sft-steps", type=int, help=f"steps of stage 3 (default {budget.sft_steps})")
     quick.set_defaults(func=_cmd_quickstart)
 
     data = commands.add_parser("data", help="dataset tools", description="Dataset tools.")

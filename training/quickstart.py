@@ -18,7 +18,6 @@ import torch
 from transformers.utils import logging
 
 from .recipe import parse_recipe
-from .runner import run_recipe
 from .synth import COLOURS, SHAPES, WORDS, generate
 
 logger = logging.get_logger(__name__)
@@ -167,6 +166,8 @@ def answer_in_fresh_process(folder: Path, samples: list[dict]) -> list[dict]:
 
 
 def train_variant(output: Path, data: Path, seed: int, budget: Budget, experts=None, prealign=True) -> Path:
+    from .runner import run_recipe  # TRL and the trainer stack: not needed for the CLI to read Budget's defaults
+
     recipe = parse_recipe(quickstart_recipe(data, seed, budget, experts, prealign), output)
     run_recipe(recipe, output)
     return output / "stage3-sft"

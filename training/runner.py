@@ -70,8 +70,8 @@ def build_start(recipe: Recipe):
         # learning rates, 1400 steps, one seed: held-out shape 30% vs 18%, position 100% vs 87%).
         for layer in model.model.language_model.layers:
             torch.nn.init.zeros_(layer.self_attn.q_proj.weight)
-    template = spec.get("chat_template", "vicuna_v1")
-    return model.to(dtype), build_processor(config, tokenizer, chat_template=template)
+    template = {"chat_template": spec["chat_template"]} if "chat_template" in spec else {}
+    return model.to(dtype), build_processor(config, tokenizer, **template)
 
 
 def stage_arguments(stage: Stage, output_dir: Path, seed: int) -> SFTConfig:
