@@ -44,11 +44,14 @@ import os
 import platform
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from transformers.utils import logging
 
 from modeling_eagle.cli import quiet_bitsandbytes_cpu_warning
@@ -362,20 +365,42 @@ def peak_tflops(device: torch.device, dtype: torch.dtype) -> float | None:
 # --------------------------------------------------------------------------------------------------- checks
 
 
+class HostTensorsIntoDeviceOps(TorchDispatchMode):
+    """Records the ops that take a CPU tensor (not a 0-d scalar) together with tensors on another device: on a GPU
+    each is a blocking host-to-device copy, which the meta device lets through silently."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        tensors = [t for t in tree_leaves((args, kwargs or {})) if isinstance(t, torch.Tensor)]
+        if any(t.device.type == "cpu" and t.dim() > 0 for t in tensors) and any(
+            t.device.type != "cpu" for t in tensors
+        ):
+            self.ops[str(func)] += 1
+        return func(*args, **(kwargs or {}))
+
+
 def check_no_sync(preset: str) -> dict:
     """Run the vision tower on the meta device: any host-device sync (``.item()``, ``bool(tensor)``, ``nonzero``,
-    boolean-mask indexing) or copy to the CPU raises there."""
+    boolean-mask indexing) or copy to the CPU raises there, and a CPU tensor fed to a device op (a copy to the GPU)
+    is recorded."""
     from modeling_eagle.modeling_eagle import EagleVisionTower
     from modeling_eagle.presets import eagle_config
 
     config = eagle_config(PRESETS[preset])
     with torch.device("meta"):
         tower = EagleVisionTower(config.vision_config).eval()
+    host_tensors = HostTensorsIntoDeviceOps()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), host_tensors:
             tower(expert_inputs(config))
     except (RuntimeError, NotImplementedError) as error:
         return {"measured": f"a sync or CPU round trip: {' '.join(str(error).split())[:200]}", "pass": False}
+    if host_tensors.ops:
+        ops = ", ".join(f"{op} x{n}" for op, n in host_tensors.ops.items())
+        return {"measured": f"CPU tensors copied to the device in {ops}", "pass": False}
     return {"measured": "none: the tower ran on the meta device", "pass": True}
 
 

@@ -10,7 +10,12 @@ import torch
 from torch import nn
 from transformers import SamVisionConfig
 from transformers import initialization as init
-from transformers.models.sam.modeling_sam import SamPatchEmbeddings, SamVisionAttention, SamVisionLayer
+from transformers.models.sam.modeling_sam import (
+    SamPatchEmbeddings,
+    SamVisionAttention,
+    SamVisionLayer,
+    SamVisionSdpaAttention,
+)
 
 from .vision_expert import VisionExpert, resize_position_grid
 
@@ -33,6 +38,40 @@ class SamShortNeck(nn.Module):
         return normed.to(hidden_states.dtype).permute(0, 3, 1, 2)
 
 
+class _RelativePositionsOnDevice:
+    """transformers' SAM attention with its relative-position lookup built on the table's device: upstream indexes
+    the table with a CPU tensor, a blocking host-to-device copy in every layer (seen on an H200 under
+    ``torch.cuda.set_sync_debug_mode("error")``)."""
+
+    def get_rel_pos(self, q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
+        max_rel_dist = int(2 * max(q_size, k_size) - 1)
+        resized = nn.functional.interpolate(
+            rel_pos.reshape(1, rel_pos.shape[0], -1).transpose(1, 2), size=max_rel_dist, mode="linear"
+        )
+        resized = resized.reshape(-1, max_rel_dist).permute(1, 0)
+        q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * max(k_size / q_size, 1.0)
+        k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)
+        relative_coords = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
+        return resized[relative_coords.long()]
+
+
+class SamExpertAttention(_RelativePositionsOnDevice, SamVisionAttention):
+    pass
+
+
+class SamExpertSdpaAttention(_RelativePositionsOnDevice, SamVisionSdpaAttention):
+    pass
+
+
+_ATTENTION = {"eager": SamExpertAttention, "sdpa": SamExpertSdpaAttention}
+
+
+def _sam_layer(config: SamVisionConfig, window_size: int) -> SamVisionLayer:
+    layer = SamVisionLayer(config, window_size=window_size)
+    layer.attn = _ATTENTION[config._attn_implementation](config, window_size)
+    return layer
+
+
 class SamExpert(VisionExpert):
     expert_type = "sam"
     no_split_modules = ("SamVisionLayer",)
@@ -47,7 +86,7 @@ class SamExpert(VisionExpert):
         side = config.image_size // config.patch_size
         self.pos_embed = nn.Parameter(torch.zeros(1, side, side, config.hidden_size))
         self.layers = nn.ModuleList(
-            SamVisionLayer(config, window_size=0 if i in config.global_attn_indexes else config.window_size)
+            _sam_layer(config, window_size=0 if i in config.global_attn_indexes else config.window_size)
             for i in range(config.num_hidden_layers)
         )
         self.neck = SamShortNeck(config.hidden_size, config.output_channels)

@@ -12,7 +12,7 @@ from accelerate import infer_auto_device_map
 from conftest import chat, make_image, pix2struct_patches, tiny_config, tiny_model
 from transformers import AutoModelForImageTextToText, CompileConfig
 
-from benchmarks.bench import STAGES, count_flops, expert_inputs
+from benchmarks.bench import STAGES, check_no_sync, count_flops, expert_inputs
 from modeling_eagle.cli import main
 from modeling_eagle.modeling_eagle import QUANTIZATION_SKIP_MODULES, EagleForConditionalGeneration, EagleVisionTower
 from training.callbacks import StageSetupCallback
@@ -398,6 +398,20 @@ def test_eagle_bench_small_quick_writes_every_figure_and_bar(tmp_path, capsys):
         assert bars[name]["comparison"] in ("<=", ">=") and isinstance(bars[name]["pass"], bool), name
         assert bars[name]["values"], name
     assert bars["vision_tower_no_sync"]["pass"] is True
+
+
+def test_no_sync_check_catches_cpu_tensors_fed_to_device_ops(monkeypatch):
+    """transformers' SAM attention indexes its relative-position table with a CPU tensor: on a GPU a blocking copy
+    in every layer (an H200 run of ``eagle bench --preset x5-7b`` failed the bar on it). The meta-device check
+    must see it on a CPU, and the SAM expert's own attention must not do it."""
+    from transformers.models.sam.modeling_sam import SamVisionAttention, SamVisionSdpaAttention
+
+    import modeling_eagle.expert_sam as expert_sam
+
+    assert check_no_sync("small")["pass"] is True
+    monkeypatch.setattr(expert_sam, "_ATTENTION", {"eager": SamVisionAttention, "sdpa": SamVisionSdpaAttention})
+    result = check_no_sync("small")
+    assert result["pass"] is False and "aten.index.Tensor" in result["measured"]
 
 
 @pytest.mark.parametrize(
