@@ -105,7 +105,7 @@ def _cmd_quickstart(args) -> None:
     from training.quickstart import Budget, format_report, quickstart
 
     budget = Budget()
-    for field in ("n_images", "prealign_steps", "align_steps", "sft_steps"):
+    for field in ("n_images", "prealign_steps", "align_steps", "word_steps", "sft_steps"):
         if getattr(args, field) is not None:
             setattr(budget, field, getattr(args, field))
     report = quickstart(args.output, seed=args.seed, budget=budget, ablate=args.ablate)
@@ -121,6 +121,7 @@ def _cmd_data_synth(args) -> None:
         seed=args.seed,
         questions_per_image=args.questions_per_image,
         conversations=args.conversations,
+        focus_types=tuple(args.focus_types),
     )
     print(f"wrote synthetic data to {args.output}: {manifest}")
 
@@ -274,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--seed", type=int, default=0, help="seed for data and training (default 0)")
     quick.add_argument("--ablate", action="store_true", help="also train single-expert and no-pre-alignment variants")
     from training.quickstart import Budget
+    from training.synth import QUESTION_TYPES
 
     budget = Budget()
     quick.add_argument("--n-images", type=int, help=f"synthetic images (default {budget.n_images})")
@@ -281,7 +283,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--prealign-steps", type=int, help=f"steps per expert in stage 1 (default {budget.prealign_steps})"
     )
     quick.add_argument("--align-steps", type=int, help=f"steps of stage 2 (default {budget.align_steps})")
-    quick.add_argument("--sft-steps", type=int, help=f"steps of stage 3 (default {budget.sft_steps})")
+    quick.add_argument(
+        "--word-steps",
+        type=int,
+        help=f"steps of stage 3a, written-word questions alone; 0 skips it (default {budget.word_steps})",
+    )
+    quick.add_argument(
+        "--sft-steps", type=int, help=f"steps of stage 3, all question types (default {budget.sft_steps})"
+    )
     quick.set_defaults(func=_cmd_quickstart)
 
     data = commands.add_parser("data", help="dataset tools", description="Dataset tools.")
@@ -302,6 +311,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--conversations",
         action="store_true",
         help="one multi-turn record per training image holding all its questions, not one record per question",
+    )
+    synth.add_argument(
+        "--focus-types",
+        nargs="+",
+        default=[],
+        choices=QUESTION_TYPES,
+        metavar="TYPE",
+        help="question types that also get a single-question split of their own (sft_TYPE.json, hf/sft_TYPE), "
+        "for a stage that trains on one type alone, as the quickstart does for word",
     )
     synth.set_defaults(func=_cmd_data_synth)
 

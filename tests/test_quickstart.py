@@ -2,17 +2,19 @@
 and answers from a fresh process that loads the folder through remote code and a pipeline."""
 
 import json
+from pathlib import Path
 
+import pytest
 import torch
 from huggingface_hub import ModelCard
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from training.quickstart import ANSWERS, Budget, format_report, quickstart
+from training.quickstart import ANSWERS, Budget, format_report, quickstart, quickstart_recipe
 
 
 def test_shortened_quickstart_end_to_end(tmp_path):
-    budget = Budget(n_images=800, prealign_steps=4, align_steps=4, sft_steps=400)
+    budget = Budget(n_images=800, prealign_steps=4, align_steps=4, word_steps=150, sft_steps=400)
     report = quickstart(tmp_path / "qs", seed=0, budget=budget)
     folder = tmp_path / "qs" / "model"
     assert (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
@@ -48,3 +50,18 @@ def test_shortened_quickstart_end_to_end(tmp_path):
         assert answer["expected"] in ANSWERS
     text = format_report(report)
     assert "held-out exact match" in text and "expected" in text
+
+
+def test_stage_three_starts_on_the_word_questions_alone_unless_skipped(tmp_path):
+    recipe = quickstart_recipe(Path("data"), 0, Budget())
+    stages = {stage["name"]: stage for stage in recipe["stages"]}
+    assert list(stages) == ["stage1-prealign", "stage2-align", "stage3a-sft-words", "stage3-sft"]
+    words, mixed = stages["stage3a-sft-words"], stages["stage3-sft"]
+    assert words["data"] == {"format": "hf", "path": "hf/sft_word"} and words["max_steps"] == Budget().word_steps
+    assert mixed["data"] == {"format": "hf", "path": "hf/sft"} and mixed["max_steps"] == Budget().sft_steps
+    assert words["train"] == mixed["train"] == ["experts", "projector", "llm"] and words["lr"] == mixed["lr"]
+    plain = quickstart_recipe(Path("data"), 0, Budget(word_steps=0, sft_steps=2800), prealign=False)
+    assert [stage["name"] for stage in plain["stages"]] == ["stage2-align", "stage3-sft"]
+    with pytest.raises(ValueError, match="sft_steps \\(--sft-steps\\) is 0"):
+        quickstart(tmp_path / "qs", budget=Budget(sft_steps=0))
+    assert not (tmp_path / "qs").exists()  # refused before any data is made

@@ -124,6 +124,40 @@ def test_conversations_hold_all_of_an_images_questions(tmp_path):
     assert all(len(r["conversations"]) == 2 and r["type"] in synth.QUESTION_TYPES for r in heldout)
 
 
+def test_focus_types_get_a_single_question_split_of_their_own(tmp_path):
+    path = tmp_path / "focus"
+    manifest = synth.generate(
+        path,
+        n=20,
+        seed=1,
+        image_size=SIZE,
+        held_out=0.25,
+        questions_per_image=5,
+        conversations=True,
+        focus_types=("word",),
+    )
+    words, metadata = _read(path / "sft_word.json"), {m["image"]: m for m in _read(path / "metadata.json")}
+    with_text = [m["image"] for m in metadata.values() if m["split"] == "train" and m["text"]]
+    assert [r["image"] for r in words] == with_text and with_text  # every training image with a word, once
+    for record in words:
+        assert record["type"] == "word" and len(record["conversations"]) == 2
+        assert record["conversations"][1]["value"] == metadata[record["image"]]["text"]["value"]
+    hf = load_from_disk(str(path / "hf" / "sft_word"))
+    assert hf["answer"] == [r["conversations"][1]["value"] for r in words]
+    assert manifest["focus_types"] == ["word"] and manifest["splits"]["sft_word"]["types"] == {"word": len(words)}
+    # The other splits are what they are without the focus split.
+    plain = synth.generate(
+        tmp_path / "plain", n=20, seed=1, image_size=SIZE, held_out=0.25, questions_per_image=5, conversations=True
+    )
+    assert (tmp_path / "plain" / "sft.json").read_bytes() == (path / "sft.json").read_bytes()
+    assert plain["splits"]["sft"] == manifest["splits"]["sft"]
+    # Overwriting without the focus type leaves no stale focus split behind.
+    synth.generate(path, n=20, seed=1, image_size=SIZE, overwrite=True)
+    assert not (path / "sft_word.json").exists() and not (path / "hf" / "sft_word").exists()
+    with pytest.raises(ValueError, match="focus_types \\['words'\\] are not question types"):
+        synth.generate(tmp_path / "bad", n=4, image_size=SIZE, focus_types=("words",))
+
+
 def test_held_out_images_are_disjoint(synth_dir):
     path, _ = synth_dir
     train = {r["image"] for split in ("sft", "captions") for r in _read(path / f"{split}.json")}

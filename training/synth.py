@@ -259,6 +259,7 @@ def generate(
     held_out: float = 0.1,
     questions_per_image: int = 2,
     conversations: bool = False,
+    focus_types: tuple[str, ...] = (),
     overwrite: bool = False,
 ) -> dict:
     """Draw ``n`` images into ``output_dir`` and write the captioning and question-answering splits in both formats.
@@ -274,6 +275,9 @@ def generate(
         conversations: put a training image's questions in one multi-turn record (type ``"colour+count"``, in
             the order asked) instead of one record each, so that one pass through the vision tower trains on
             every answer. Held-out records always hold one question, for exact-match evaluation.
+        focus_types: question types that also get a split of their own (``sft_word.json``, ``hf/sft_word``): one
+            single-question record per training image the type applies to, for a stage that trains on that
+            type alone.
         overwrite: replace the outputs of an earlier run in ``output_dir`` instead of raising.
 
     Returns:
@@ -287,8 +291,12 @@ def generate(
         raise ValueError(f"held_out must be in [0, 1), got {held_out}")
     if questions_per_image < 1:
         raise ValueError(f"questions_per_image must be >= 1, got {questions_per_image}")
+    unknown = [kind for kind in focus_types if kind not in QUESTION_TYPES]
+    if unknown:
+        raise ValueError(f"focus_types {unknown} are not question types; choose from {list(QUESTION_TYPES)}")
     output_dir = Path(output_dir)
     existing = [name for name in _OUTPUTS if (output_dir / name).exists()]
+    existing += sorted(path.name for path in output_dir.glob("sft_*.json") if path.name not in _OUTPUTS)
     if existing:
         if not overwrite:
             raise FileExistsError(f"{output_dir} already holds {existing}; pass overwrite=True (--force) to replace")
@@ -304,8 +312,9 @@ def generate(
 
     rng = random.Random(seed)
     type_counts = {"train": Counter(), "held_out": Counter()}
-    llava = {"sft": [], "captions": [], "sft_heldout": []}
-    hf_rows = {"sft": [], "captions": [], "sft_heldout": []}
+    splits = ["sft", "captions", "sft_heldout", *(f"sft_{kind}" for kind in focus_types)]
+    llava = {split: [] for split in splits}
+    hf_rows = {split: [] for split in splits}
     metadata = []
     for index in range(n):
         split = "train" if index < n_train else "held_out"
@@ -334,6 +343,11 @@ def generate(
             turns = [questions[k] for k in group]
             llava[target].append(_llava_record(f"{kind}-{stem}", name, turns, type=kind))
             hf_rows[target].append(_hf_row(f"{kind}-{stem}", png, name, turns, kind))
+        for kind in focus_types:
+            if split == "train" and kind in questions:
+                turns = [questions[kind]]
+                llava[f"sft_{kind}"].append(_llava_record(f"{kind}-{stem}", name, turns, type=kind))
+                hf_rows[f"sft_{kind}"].append(_hf_row(f"{kind}-{stem}", png, name, turns, kind))
 
     for split, records in llava.items():
         _write_json(output_dir / f"{split}.json", records)
@@ -351,6 +365,7 @@ def generate(
         "n_images": n,
         "questions_per_image": questions_per_image,
         "conversations": conversations,
+        "focus_types": list(focus_types),
         "splits": {
             split: {
                 "records": len(records),
