@@ -16,6 +16,9 @@ most once per image, every question has exactly one short answer:
 * Hugging Face ``datasets`` folders (``hf/sft``, ``hf/captions``, ``hf/sft_heldout``) in TRL's vision-language
   format (``images`` + ``messages``), with ``type`` and ``answer`` columns for evaluation.
 
+``focus_types=("word",)`` adds ``sft_word.json`` / ``hf/sft_word``: the word question of every training image that
+has one, alone, for a stage that trains on that type only (the quickstart's stage 3a).
+
 ``metadata.json`` records what was drawn where (shape centres and boxes, text box) and ``manifest.json`` the counts.
 Everything is deterministic given the seed: the same arguments give byte-identical JSON and PNG files.
 """
