@@ -374,12 +374,13 @@ class HostTensorsIntoDeviceOps(TorchDispatchMode):
         self.ops = Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        tensors = [t for t in tree_leaves((args, kwargs or {})) if isinstance(t, torch.Tensor)]
+        kwargs = kwargs or {}
+        tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
         if any(t.device.type == "cpu" and t.dim() > 0 for t in tensors) and any(
             t.device.type != "cpu" for t in tensors
         ):
             self.ops[str(func)] += 1
-        return func(*args, **(kwargs or {}))
+        return func(*args, **kwargs)
 
 
 def check_no_sync(preset: str) -> dict:

@@ -340,17 +340,14 @@ def generate(
         conversation = conversations and split == "train"
         kinds = _pick_types(rng, questions, type_counts[split], questions_per_image, conversation)
         rng.shuffle(kinds)
-        groups = [kinds] if conversation else [[kind] for kind in kinds]
-        for group in groups:
+        groups = [(target, kinds)] if conversation else [(target, [kind]) for kind in kinds]
+        if split == "train":
+            groups += [(f"sft_{kind}", [kind]) for kind in focus_types if kind in questions]
+        for where, group in groups:
             kind = "+".join(group)
             turns = [questions[k] for k in group]
-            llava[target].append(_llava_record(f"{kind}-{stem}", name, turns, type=kind))
-            hf_rows[target].append(_hf_row(f"{kind}-{stem}", png, name, turns, kind))
-        for kind in focus_types:
-            if split == "train" and kind in questions:
-                turns = [questions[kind]]
-                llava[f"sft_{kind}"].append(_llava_record(f"{kind}-{stem}", name, turns, type=kind))
-                hf_rows[f"sft_{kind}"].append(_hf_row(f"{kind}-{stem}", png, name, turns, kind))
+            llava[where].append(_llava_record(f"{kind}-{stem}", name, turns, type=kind))
+            hf_rows[where].append(_hf_row(f"{kind}-{stem}", png, name, turns, kind))
 
     for split, records in llava.items():
         _write_json(output_dir / f"{split}.json", records)
