@@ -108,7 +108,7 @@ def _cmd_quickstart(args) -> None:
     for field in ("n_images", "prealign_steps", "align_steps", "word_steps", "sft_steps"):
         if getattr(args, field) is not None:
             setattr(budget, field, getattr(args, field))
-    report = quickstart(args.output, seed=args.seed, budget=budget, ablate=args.ablate)
+    report = quickstart(args.output, seed=args.seed, budget=budget, ablate=args.ablate, scene=args.scene)
     print(format_report(report))
 
 
@@ -122,6 +122,7 @@ def _cmd_data_synth(args) -> None:
         questions_per_image=args.questions_per_image,
         conversations=args.conversations,
         focus_types=tuple(args.focus_types),
+        scene=args.scene,
     )
     print(f"wrote synthetic data to {args.output}: {manifest}")
 
@@ -275,7 +276,15 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--seed", type=int, default=0, help="seed for data and training (default 0)")
     quick.add_argument("--ablate", action="store_true", help="also train single-expert and no-pre-alignment variants")
     from training.quickstart import Budget
-    from training.synth import QUESTION_TYPES
+    from training.synth import QUESTION_TYPES, SCENES
+
+    quick.add_argument(
+        "--scene",
+        choices=SCENES,
+        default="uniform",
+        help="uniform (default): copies of one coloured shape, questions ask what is drawn; mixed: distinct shapes "
+        "and colours, questions look one object up by another's attribute (harder; see the README)",
+    )
 
     budget = Budget()
     quick.add_argument("--n-images", type=int, help=f"synthetic images (default {budget.n_images})")
@@ -320,6 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TYPE",
         help="question types that also get a single-question split of their own (sft_TYPE.json, hf/sft_TYPE), "
         "for a stage that trains on one type alone, as the quickstart does for word",
+    )
+    synth.add_argument(
+        "--scene",
+        choices=SCENES,
+        default="mixed",
+        help="mixed (default): distinct shapes and colours, questions look one object up by another's attribute; "
+        "uniform: copies of one coloured shape, questions ask what is drawn",
     )
     synth.set_defaults(func=_cmd_data_synth)
 

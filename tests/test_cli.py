@@ -89,10 +89,12 @@ def test_data_synth_and_train_from_the_command_line(tmp_path, capsys):
     import yaml
 
     data = tmp_path / "data"
-    assert main(["data", "synth", "--output", str(data), "--n", "16", "--seed", "1", "--focus-types", "word"]) == 0
+    synth = ["data", "synth", "--output", str(data), "--n", "16", "--seed", "1", "--focus-types", "word"]
+    assert main([*synth, "--scene", "uniform"]) == 0
     assert (
         (data / "sft.json").is_file() and (data / "hf" / "captions").is_dir() and (data / "hf" / "sft_word").is_dir()
     )
+    assert json.loads((data / "manifest.json").read_text())["scene"] == "uniform"
     recipe = yaml.safe_load((ROOT / "training" / "recipes" / "tiny.yaml").read_text())
     recipe["stages"] = recipe["stages"][1:2]  # projector alignment only, to keep it short
     recipe["stages"][0]["max_steps"] = 2

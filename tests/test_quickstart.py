@@ -21,12 +21,13 @@ def test_shortened_quickstart_end_to_end(tmp_path):
     accuracy = {kind: entry["accuracy"] for kind, entry in report["accuracy"].items()}
     assert set(accuracy) == {"colour", "count", "position", "shape", "word"}
 
-    # Well above what a model blind to the image scores. Counting and colours are learnt first; the other types
-    # need the full budget.
+    # Well above what a model blind to the image scores. Colours and counting are learnt first, shapes next (here
+    # 99%, 90% and 54% against 18%, 43% and 33% blind); positions and words need the full budget.
     blind = report["blind_baseline"]
     assert set(blind) == set(accuracy) and all(0 < value < 1 for value in blind.values())
+    assert accuracy["colour"] >= blind["colour"] + 0.5, (accuracy, blind)
     assert accuracy["count"] >= blind["count"] + 0.3, (accuracy, blind)
-    assert accuracy["colour"] >= blind["colour"] + 0.2, (accuracy, blind)
+    assert accuracy["shape"] >= blind["shape"] + 0.1, (accuracy, blind)
 
     results = json.loads((folder / "eval_results.json").read_text())
     assert {m["name"] for m in results["metrics"]} == {f"exact match ({k})" for k in report["accuracy"]}

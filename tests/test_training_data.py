@@ -158,6 +158,49 @@ def test_focus_types_get_a_single_question_split_of_their_own(tmp_path):
         synth.generate(tmp_path / "bad", n=4, image_size=SIZE, focus_types=("words",))
 
 
+def test_uniform_scenes_ask_what_is_drawn(tmp_path):
+    path = tmp_path / "uniform"
+    manifest = synth.generate(
+        path, n=40, seed=2, image_size=SIZE, held_out=0.25, questions_per_image=5, conversations=True, scene="uniform"
+    )
+    assert manifest["scene"] == "uniform"
+    metadata = {m["image"]: m for m in _read(path / "metadata.json")}
+    for name, meta in metadata.items():
+        shapes = meta["shapes"]
+        assert len({(s["shape"], s["colour"]) for s in shapes}) == 1 and 1 <= len(shapes) <= 3
+        pixels = np.asarray(Image.open(path / name))
+        assert all(tuple(pixels[s["center"][1], s["center"][0]]) == synth.COLOURS[s["colour"]] for s in shapes)
+    captions = {r["image"]: r["conversations"][1]["value"] for r in _read(path / "captions.json")}
+    for record in _read(path / "sft.json") + _read(path / "sft_heldout.json"):
+        meta = metadata[record["image"]]
+        shapes, turns = meta["shapes"], record["conversations"]
+        sides = {s["position"] for s in shapes}
+        applicable = {"colour", "shape", "count"} | ({"position"} if len(sides) == 1 else set())
+        applicable |= {"word"} if meta["text"] else set()
+        kinds = record["type"].split("+")
+        if meta["split"] == "train":  # nothing names another question's answer: a conversation holds them all
+            assert set(kinds) == applicable
+        expected = {
+            "colour": ("What colour are the shapes?", shapes[0]["colour"]),
+            "shape": ("Which shape is drawn?", shapes[0]["shape"]),
+            "count": ("How many shapes are there?", str(len(shapes))),
+            "position": ("Which side are the shapes on, left or right?", min(sides)),
+            "word": ("What word is written in the image?", (meta["text"] or {}).get("value")),
+        }
+        for kind, question, answer in zip(kinds, turns[0::2], turns[1::2]):
+            assert (question["value"].removeprefix("<image>\n"), answer["value"]) == expected[kind]
+        if record["image"] in captions:
+            number = {1: "A" if shapes[0]["colour"][0] not in "aeiou" else "An", 2: "Two", 3: "Three"}[len(shapes)]
+            plural = "s" if len(shapes) > 1 else ""
+            assert captions[record["image"]].startswith(
+                f"{number} {shapes[0]['colour']} {shapes[0]['shape']}{plural}."
+            )
+    assert {len(m["shapes"]) for m in metadata.values()} == {1, 2, 3}
+    assert set(manifest["splits"]["sft_heldout"]["types"]) == set(synth.QUESTION_TYPES)
+    with pytest.raises(ValueError, match="scene must be one of \\['mixed', 'uniform'\\], got 'busy'"):
+        synth.generate(tmp_path / "bad", n=4, image_size=SIZE, scene="busy")
+
+
 def test_held_out_images_are_disjoint(synth_dir):
     path, _ = synth_dir
     train = {r["image"] for split in ("sft", "captions") for r in _read(path / f"{split}.json")}

@@ -135,7 +135,7 @@ def blind_baseline(heldout) -> dict:
     return {kind: max(counts.values()) / sum(counts.values()) for kind, counts in sorted(answers.items())}
 
 
-def eval_results_file(accuracy: dict, n_images: int) -> dict:
+def eval_results_file(accuracy: dict, n_images: int, scene: str) -> dict:
     """The folder's eval_results.json: what the model card's model-index is built from."""
     metrics = [
         {"name": f"exact match ({kind})", "type": "exact_match", "value": round(entry["accuracy"], 4)}
@@ -143,7 +143,10 @@ def eval_results_file(accuracy: dict, n_images: int) -> dict:
     ]
     return {
         "task": {"type": "visual-question-answering", "name": "Visual question answering"},
-        "dataset": {"name": f"eagle synthetic shapes ({n_images} images, held-out split)", "type": "synthetic"},
+        "dataset": {
+            "name": f"eagle synthetic shapes ({scene} scenes, {n_images} images, held-out split)",
+            "type": "synthetic",
+        },
         "metrics": metrics,
     }
 
@@ -181,8 +184,15 @@ def train_variant(output: Path, data: Path, seed: int, budget: Budget, experts=N
     return output / "stage3-sft"
 
 
-def quickstart(output="eagle-quickstart", seed: int = 0, budget: Budget | None = None, ablate: bool = False) -> dict:
-    """Run the whole quickstart into ``output``; returns accuracies, timings and the sample answers."""
+def quickstart(
+    output="eagle-quickstart",
+    seed: int = 0,
+    budget: Budget | None = None,
+    ablate: bool = False,
+    scene: str = "uniform",
+) -> dict:
+    """Run the whole quickstart into ``output``; returns accuracies, timings and the sample answers. ``scene`` is
+    ``training.synth``'s: ``"uniform"`` (the default) or the harder ``"mixed"``."""
     from datasets import load_from_disk
 
     from hub_cards.model_card import write_model_card
@@ -202,6 +212,7 @@ def quickstart(output="eagle-quickstart", seed: int = 0, budget: Budget | None =
         questions_per_image=5,
         conversations=True,
         focus_types=("word",),
+        scene=scene,
     )
     heldout = load_from_disk(str(data / "hf" / "sft_heldout"))
 
@@ -209,9 +220,12 @@ def quickstart(output="eagle-quickstart", seed: int = 0, budget: Budget | None =
     accuracy = evaluate(trained, heldout)
     model_dir = output / "model"
     shutil.copytree(trained, model_dir)
-    (model_dir / "eval_results.json").write_text(json.dumps(eval_results_file(accuracy, budget.n_images), indent=2))
+    (model_dir / "eval_results.json").write_text(
+        json.dumps(eval_results_file(accuracy, budget.n_images, scene), indent=2)
+    )
     stages = json.loads((output / "run" / "summary.json").read_text())
-    training = {"stages": [{"name": name, "data": "synthetic shapes"} for name in stages], "budget": budget.__dict__}
+    data_name = f"synthetic shapes ({scene} scenes)"
+    training = {"stages": [{"name": name, "data": data_name} for name in stages], "budget": budget.__dict__}
     (model_dir / "training.json").write_text(json.dumps(training, indent=2))
     write_model_card(model_dir)
     train_seconds = time.perf_counter() - started
@@ -226,6 +240,7 @@ def quickstart(output="eagle-quickstart", seed: int = 0, budget: Budget | None =
 
     report = {
         "accuracy": accuracy,
+        "scene": scene,
         "blind_baseline": blind_baseline(heldout),
         "seconds": train_seconds,
         "answers": answers,
@@ -244,8 +259,9 @@ def quickstart(output="eagle-quickstart", seed: int = 0, budget: Budget | None =
 
 def format_report(report: dict) -> str:
     kinds = sorted(report["accuracy"])
-    lines = ["held-out exact match: " + ", ".join(f"{k} {report['accuracy'][k]['accuracy']:.1%}" for k in kinds)]
-    lines.append("blind baseline:      " + ", ".join(f"{k} {report['blind_baseline'][k]:.1%}" for k in kinds))
+    lines = [f"scenes:               {report['scene']}"]
+    lines.append("held-out exact match: " + ", ".join(f"{k} {report['accuracy'][k]['accuracy']:.1%}" for k in kinds))
+    lines.append("blind baseline:       " + ", ".join(f"{k} {report['blind_baseline'][k]:.1%}" for k in kinds))
     lines.append(f"time: {report['seconds'] / 60:.1f} min; folder: {report['folder']}")
     for answer in report["answers"]:
         question, expected = answer["question"], answer["expected"]

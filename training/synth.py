@@ -1,13 +1,25 @@
 """A synthetic visual question-answering and captioning dataset with exact answers, for smoke-training Eagle.
 
-Each image shows 1-3 coloured shapes (distinct shapes, distinct colours) in a 2x2 grid of slots on a light
-background and, in about half the images, a word in a band at the bottom. Because every shape and colour appears at
-most once per image, every question has exactly one short answer:
+Each image shows 1-3 coloured shapes in a 2x2 grid of slots on a light background and, in about half the images, a
+word in a band at the bottom. Every question has exactly one short answer. Two kinds of scene (``scene=``):
+
+``"mixed"``: distinct shapes in distinct colours; a question names one object by one attribute and asks another.
 
 * ``colour``   -- "What colour is the circle?" -> "red"
 * ``shape``    -- "What shape is the red object?" -> "circle"
-* ``count``    -- "How many shapes are there?" -> "2"
 * ``position`` -- "Is the red object on the left or the right?" -> "left" (every shape lies wholly in one half)
+
+``"uniform"``: 1-3 copies of one shape in one colour; the questions ask what is drawn, so no object has to be told
+from another (the quickstart's scenes: a small from-scratch LLM does not learn in minutes to look one object up by
+another's attribute).
+
+* ``colour``   -- "What colour are the shapes?" -> "red"
+* ``shape``    -- "Which shape is drawn?" -> "circle"
+* ``position`` -- "Which side are the shapes on, left or right?" -> "left" (only when all are on one side)
+
+In both:
+
+* ``count``    -- "How many shapes are there?" -> "2"
 * ``word``     -- "What word is written in the image?" -> "apple"
 
 ``generate`` writes the same records in two formats:
@@ -61,6 +73,8 @@ WORDS: tuple[str, ...] = (
 )  # fmt: skip
 
 QUESTION_TYPES: tuple[str, ...] = ("colour", "shape", "count", "position", "word")
+SCENES: tuple[str, ...] = ("mixed", "uniform")
+_NUMBERS = {2: "two", 3: "three"}
 
 TEXT_COLOUR = (20, 20, 20)
 # Two columns, so that every shape is on the left or the right, and shapes as large as the slots allow: at the
@@ -115,7 +129,11 @@ def _describe(shape: dict) -> str:
 
 
 def _caption(shapes: list[dict], text: dict | None) -> str:
-    names = [f"a {_describe(s)}" for s in shapes]
+    counts = Counter(_describe(s) for s in shapes)  # in drawing order
+    names = [
+        f"{_NUMBERS[n]} {name}s" if n > 1 else f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+        for name, n in counts.items()
+    ]
     body = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
     caption = body[0].upper() + body[1:] + "."
     if text is not None:
@@ -123,7 +141,7 @@ def _caption(shapes: list[dict], text: dict | None) -> str:
     return caption
 
 
-def draw_image(rng: random.Random, image_size: int) -> tuple[Image.Image, dict]:
+def draw_image(rng: random.Random, image_size: int, scene: str = "mixed") -> tuple[Image.Image, dict]:
     """One random image and its metadata (shapes left to right, then top to bottom; the text, if any)."""
     size = image_size
     background = tuple(rng.randint(232, 255) for _ in range(3))
@@ -132,8 +150,10 @@ def draw_image(rng: random.Random, image_size: int) -> tuple[Image.Image, dict]:
 
     n_shapes = rng.randint(1, 3)
     slots = sorted(rng.sample([(c, r) for c in range(_COLUMNS) for r in range(_ROWS)], n_shapes))
-    kinds = rng.sample(SHAPES, n_shapes)
-    colours = rng.sample(sorted(COLOURS), n_shapes)
+    if scene == "uniform":
+        kinds, colours = [rng.choice(SHAPES)] * n_shapes, [rng.choice(sorted(COLOURS))] * n_shapes
+    else:
+        kinds, colours = rng.sample(SHAPES, n_shapes), rng.sample(sorted(COLOURS), n_shapes)
     cell_w, cell_h = size / _COLUMNS, size * _SHAPE_REGION / _ROWS
     gap = max(2, size // 40)
     shapes = []
@@ -169,13 +189,20 @@ def draw_image(rng: random.Random, image_size: int) -> tuple[Image.Image, dict]:
     return image, {"background": list(background), "shapes": shapes, "text": text}
 
 
-def _questions(meta: dict, pick: int) -> dict[str, tuple[str, str]]:
-    """Every applicable question type -> (question, answer). The colour question is about one shape, the shape and
-    position questions about another where there are two, so that a conversation can hold them all without one
-    question naming another's answer."""
+def _questions(meta: dict, pick: int, scene: str = "mixed") -> dict[str, tuple[str, str]]:
+    """Every applicable question type -> (question, answer). In a mixed scene the colour question is about one
+    shape, the shape and position questions about another where there are two, so that a conversation can hold them
+    all without one question naming another's answer."""
     shapes, text = meta["shapes"], meta["text"]
     questions = {}
-    if shapes:
+    if scene == "uniform":
+        questions["colour"] = ("What colour are the shapes?", shapes[0]["colour"])
+        questions["shape"] = ("Which shape is drawn?", shapes[0]["shape"])
+        questions["count"] = ("How many shapes are there?", str(len(shapes)))
+        sides = {s["position"] for s in shapes}
+        if len(sides) == 1:
+            questions["position"] = ("Which side are the shapes on, left or right?", sides.pop())
+    elif shapes:
         a, b = shapes[pick % len(shapes)], shapes[(pick + 1) % len(shapes)]
         questions["colour"] = (f"What colour is the {a['shape']}?", a["colour"])
         questions["shape"] = (f"What shape is the {b['colour']} object?", b["shape"])
@@ -263,6 +290,7 @@ def generate(
     questions_per_image: int = 2,
     conversations: bool = False,
     focus_types: tuple[str, ...] = (),
+    scene: str = "mixed",
     overwrite: bool = False,
 ) -> dict:
     """Draw ``n`` images into ``output_dir`` and write the captioning and question-answering splits in both formats.
@@ -281,6 +309,8 @@ def generate(
         focus_types: question types that also get a split of their own (``sft_word.json``, ``hf/sft_word``): one
             single-question record per training image the type applies to, for a stage that trains on that
             type alone.
+        scene: ``"mixed"`` (distinct shapes and colours; questions look one object up by another attribute) or
+            ``"uniform"`` (copies of one coloured shape; questions ask what is drawn). See the module docstring.
         overwrite: replace the outputs of an earlier run in ``output_dir`` instead of raising.
 
     Returns:
@@ -294,6 +324,8 @@ def generate(
         raise ValueError(f"held_out must be in [0, 1), got {held_out}")
     if questions_per_image < 1:
         raise ValueError(f"questions_per_image must be >= 1, got {questions_per_image}")
+    if scene not in SCENES:
+        raise ValueError(f"scene must be one of {list(SCENES)}, got {scene!r}")
     unknown = [kind for kind in focus_types if kind not in QUESTION_TYPES]
     if unknown:
         raise ValueError(f"focus_types {unknown} are not question types; choose from {list(QUESTION_TYPES)}")
@@ -321,14 +353,14 @@ def generate(
     metadata = []
     for index in range(n):
         split = "train" if index < n_train else "held_out"
-        image, meta = draw_image(rng, image_size)
+        image, meta = draw_image(rng, image_size, scene)
         name = f"images/{index:05d}.png"
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         png = buffer.getvalue()
         (output_dir / name).write_bytes(png)
 
-        questions = _questions(meta, pick=rng.randrange(6))
+        questions = _questions(meta, pick=rng.randrange(6), scene=scene)
         metadata.append({"image": name, "split": split, **meta})
 
         stem = f"{index:05d}"
@@ -366,6 +398,7 @@ def generate(
         "questions_per_image": questions_per_image,
         "conversations": conversations,
         "focus_types": list(focus_types),
+        "scene": scene,
         "splits": {
             split: {
                 "records": len(records),
