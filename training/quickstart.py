@@ -93,8 +93,9 @@ def quickstart_recipe(data: Path, seed: int, budget: Budget, experts=None, preal
         }
     )
     # Stage 3 starts with the written-word questions alone (3a). Mixed with the other types from the first step,
-    # reading stayed at chance for 2800 steps in every run; alone, it is learnt in a few hundred steps and the mixed
-    # stage keeps it. Reading after the mixed types were learnt took far less well. Figures in the README.
+    # reading stayed at chance for 2800 steps in every run (measured on the mixed scenes); alone, it is learnt in a
+    # few hundred steps and the mixed stage keeps it. Reading after the mixed types were learnt took far less well.
+    # Figures in the README.
     stage3 = {"kind": "sft", "train": ["experts", "projector", "llm"], **common}
     stage3["lr"] = {"vision": budget.vision_lr, "projector": budget.projector_lr, "llm": budget.llm_lr}
     if budget.word_steps:
