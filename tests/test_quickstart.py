@@ -54,14 +54,14 @@ def test_shortened_quickstart_end_to_end(tmp_path):
 
 
 def test_stage_three_starts_on_the_word_questions_alone_unless_skipped(tmp_path):
-    recipe = quickstart_recipe(Path("data"), 0, Budget())
+    recipe = quickstart_recipe("data", 0, Budget())
     stages = {stage["name"]: stage for stage in recipe["stages"]}
     assert list(stages) == ["stage1-prealign", "stage2-align", "stage3a-sft-words", "stage3-sft"]
     words, mixed = stages["stage3a-sft-words"], stages["stage3-sft"]
     assert words["data"] == {"format": "hf", "path": "hf/sft_word"} and words["max_steps"] == Budget().word_steps
     assert mixed["data"] == {"format": "hf", "path": "hf/sft"} and mixed["max_steps"] == Budget().sft_steps
     assert words["train"] == mixed["train"] == ["experts", "projector", "llm"] and words["lr"] == mixed["lr"]
-    plain = quickstart_recipe(Path("data"), 0, Budget(word_steps=0, sft_steps=2800), prealign=False)
+    plain = quickstart_recipe("data", 0, Budget(word_steps=0, sft_steps=2800), prealign=False)
     assert [stage["name"] for stage in plain["stages"]] == ["stage2-align", "stage3-sft"]
     with pytest.raises(ValueError, match="sft_steps \\(--sft-steps\\) is 0"):
         quickstart(tmp_path / "qs", budget=Budget(sft_steps=0))

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from transformers.utils import logging
 
-from .recipe import parse_recipe
+from .recipe import load_recipe
 from .synth import COLOURS, SHAPES, WORDS, generate
 
 logger = logging.get_logger(__name__)
@@ -50,7 +51,8 @@ class Budget:
 ANSWERS = (*WORDS, *COLOURS, *SHAPES, "1", "2", "3", "left", "right")
 
 
-def quickstart_recipe(data: Path, seed: int, budget: Budget, experts=None, prealign: bool = True) -> dict:
+def quickstart_recipe(data_root: str, seed: int, budget: Budget, experts=None, prealign: bool = True) -> dict:
+    """The quickstart's recipe; ``data_root`` is relative to the folder the recipe file is written to."""
     budget.validate()
     corpus = [f"ASSISTANT: {answer}" for answer in ANSWERS]
     model = {
@@ -103,7 +105,7 @@ def quickstart_recipe(data: Path, seed: int, budget: Budget, experts=None, preal
         stages.append({"name": "stage3a-sft-words", "data": words, "max_steps": budget.word_steps, **stage3})
     mixed = {"format": "hf", "path": "hf/sft"}
     stages.append({"name": "stage3-sft", "data": mixed, "max_steps": budget.sft_steps, **stage3})
-    return {"model": model, "seed": seed, "data_root": str(data), "stages": stages}
+    return {"model": model, "seed": seed, "data_root": data_root, "stages": stages}
 
 
 def evaluate(folder: Path, heldout, batch_size: int = 32) -> dict:
@@ -171,17 +173,26 @@ def answer_in_fresh_process(folder: Path, samples: list[dict]) -> list[dict]:
     """Load ``folder`` in a new Python process that cannot import this package, and answer through a pipeline."""
     from hub_cards.fresh_process import run_without_package
 
-    result = run_without_package(FRESH_PROCESS, folder, json.dumps(samples), timeout=900)
+    # The fresh process runs in a scratch folder: it gets absolute paths, the caller keeps its own.
+    absolute = [{**sample, "image": str(Path(sample["image"]).resolve())} for sample in samples]
+    result = run_without_package(FRESH_PROCESS, Path(folder).resolve(), json.dumps(absolute), timeout=900)
     if result.returncode != 0:
         raise RuntimeError(f"the fresh process could not load {folder}:\n{result.stderr[-3000:]}")
-    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    answers = [json.loads(line)["answer"] for line in result.stdout.splitlines() if line.startswith("{")]
+    return [{**sample, "answer": answer} for sample, answer in zip(samples, answers)]
 
 
-def train_variant(output: Path, data: Path, seed: int, budget: Budget, experts=None, prealign=True) -> Path:
+def write_recipe(path: Path, recipe: dict) -> Path:
+    """Write ``recipe`` as YAML: ``eagle train PATH`` reruns it from any working directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def train_variant(recipe_path: Path, output: Path) -> Path:
     from .runner import run_recipe  # TRL and the trainer stack: not needed for the CLI to read Budget's defaults
 
-    recipe = parse_recipe(quickstart_recipe(data, seed, budget, experts, prealign), output)
-    run_recipe(recipe, output)
+    run_recipe(load_recipe(recipe_path), output)
     return output / "stage3-sft"
 
 
@@ -217,7 +228,8 @@ def quickstart(
     )
     heldout = load_from_disk(str(data / "hf" / "sft_heldout"))
 
-    trained = train_variant(output / "run", data, seed, budget)
+    recipe = write_recipe(output / "recipe.yaml", quickstart_recipe("data", seed, budget))
+    trained = train_variant(recipe, output / "run")
     accuracy = evaluate(trained, heldout)
     model_dir = output / "model"
     shutil.copytree(trained, model_dir)
@@ -252,7 +264,9 @@ def quickstart(
         variants["all experts, no pre-alignment"] = {"prealign": False}
         report["ablation"] = {"all experts (quickstart)": accuracy}
         for label, change in variants.items():
-            folder = train_variant(output / "ablation" / label.replace(" ", "-"), data, seed, budget, **change)
+            run = output / "ablation" / label.replace(" ", "-").replace(",", "")
+            recipe = write_recipe(run.with_suffix(".yaml"), quickstart_recipe("../data", seed, budget, **change))
+            folder = train_variant(recipe, run)
             report["ablation"][label] = evaluate(folder, heldout)
     (output / "quickstart.json").write_text(json.dumps(report, indent=2))
     return report
