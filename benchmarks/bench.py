@@ -54,7 +54,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from transformers.utils import logging
 
-from modeling_eagle.cli import quiet_bitsandbytes_cpu_warning
+from eagle_hub.cli import quiet_bitsandbytes_cpu_warning
 
 logger = logging.get_logger(__name__)
 # The training steps run in fresh processes (forkserver-preloaded with this module) that import bitsandbytes.
@@ -156,8 +156,8 @@ def build_models(preset: str, device: torch.device, dtype: torch.dtype) -> Model
     from transformers import AutoModel, AutoModelForCausalLM, LlavaForConditionalGeneration
     from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
-    from modeling_eagle.modeling_eagle import EagleForConditionalGeneration
-    from modeling_eagle.presets import eagle_config
+    from eagle_hub.modeling_eagle.modeling_eagle import EagleForConditionalGeneration
+    from eagle_hub.modeling_eagle.presets import eagle_config
 
     config = eagle_config(PRESETS[preset])
     torch.manual_seed(0)
@@ -207,7 +207,7 @@ def make_inputs(models: Models, batch: int, device: torch.device, dtype: torch.d
     import numpy as np
     from PIL import Image
 
-    from processing import EagleImageProcessor
+    from eagle_hub.modeling_eagle import EagleImageProcessor
 
     config = models.eagle.config
     generator = np.random.default_rng(0)
@@ -302,8 +302,8 @@ def count_flops(preset: str, prompt_tokens: int) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
     from transformers import AutoModel, AutoModelForCausalLM
 
-    from modeling_eagle.modeling_eagle import EagleVisionTower
-    from modeling_eagle.presets import eagle_config
+    from eagle_hub.modeling_eagle.modeling_eagle import EagleVisionTower
+    from eagle_hub.modeling_eagle.presets import eagle_config
 
     config = eagle_config(PRESETS[preset])
     with torch.device("meta"):
@@ -331,8 +331,8 @@ def count_flops(preset: str, prompt_tokens: int) -> dict:
 def released_resolution_flops(config, flops) -> dict:
     """The tower's FLOPs at the resolutions the released checkpoints run (CLIP 336, the others 1024; the preset
     feeds every expert 448), counted the same way: what the paper's model costs per image."""
-    from modeling_eagle.convert_nveagle import TOWER_NAMES
-    from modeling_eagle.modeling_eagle import EagleVisionTower
+    from eagle_hub.modeling_eagle.convert_nveagle import TOWER_NAMES
+    from eagle_hub.modeling_eagle.modeling_eagle import EagleVisionTower
 
     released = {expert_type: (size, extra) for expert_type, size, extra in TOWER_NAMES.values()}
     config = copy.deepcopy(config)
@@ -387,8 +387,8 @@ def check_no_sync(preset: str) -> dict:
     """Run the vision tower on the meta device: any host-device sync (``.item()``, ``bool(tensor)``, ``nonzero``,
     boolean-mask indexing) or copy to the CPU raises there, and a CPU tensor fed to a device op (a copy to the GPU)
     is recorded."""
-    from modeling_eagle.modeling_eagle import EagleVisionTower
-    from modeling_eagle.presets import eagle_config
+    from eagle_hub.modeling_eagle.modeling_eagle import EagleVisionTower
+    from eagle_hub.modeling_eagle.presets import eagle_config
 
     config = eagle_config(PRESETS[preset])
     with torch.device("meta"):
@@ -551,7 +551,7 @@ def measure_channels_last(tower, pixels, settings: Settings, device: torch.devic
 def measure_decode_steps(models: Models, inputs: Inputs, settings: Settings, device: torch.device) -> dict:
     """Prefill each model once, then time decode steps one token at a time, interleaved across models, so step i
     of every model sees a cache of the same length (LLaVA's differs by its image-token count)."""
-    from modeling_eagle.modeling_eagle import CACHE_NAME
+    from eagle_hub.modeling_eagle.modeling_eagle import CACHE_NAME
 
     steps = max(4 * settings.repeats, 16)
     named = {"eagle": models.eagle, "llava": models.llava, "llm": models.llm}
@@ -578,7 +578,7 @@ def freeze_for_stage(models: Models, kind: str, stage: str) -> torch.nn.Module:
     """Set what trains in ``stage`` for one model; return that model."""
     train = STAGES[stage]
     if kind == "eagle":
-        from training.callbacks import StageSetupCallback
+        from eagle_hub.training.callbacks import StageSetupCallback
 
         StageSetupCallback(train).apply(models.eagle)
         return models.eagle

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 MEASURE = r"""
 import json, os, sys, threading, time
-from modeling_eagle.convert_nveagle import convert
+from eagle_hub.modeling_eagle.convert_nveagle import convert
 
 def rss():
     with open("/proc/self/statm") as f:

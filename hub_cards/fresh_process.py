@@ -12,7 +12,7 @@ import importlib.abc, sys
 
 class _Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
-        if name.split(".")[0] in {"modeling_eagle", "processing", "training", "hub_cards"}:
+        if name.split(".")[0] in {"eagle_hub", "modeling_eagle", "processing", "training", "hub_cards"}:
             raise ImportError(f"the folder's code imports {name}, which Hub users do not have")
 
 sys.meta_path.insert(0, _Block())

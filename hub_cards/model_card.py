@@ -1,7 +1,7 @@
 """Model cards for Eagle folders (huggingface_hub ``ModelCard``): the metadata the Hub indexes, what the model is,
 how to use it (snippets the tests run), how it was trained and evaluated, and its limitations.
 
-    from hub_cards.model_card import model_card_for_folder, write_model_card
+    from eagle_hub.hub_cards.model_card import model_card_for_folder, write_model_card
     card = model_card_for_folder("eagle-x5-tiny", repo_id="me/eagle-x5-tiny")   # a huggingface_hub.ModelCard
     write_model_card("eagle-x5-tiny", repo_id="me/eagle-x5-tiny")                # saves <folder>/README.md
 
@@ -160,7 +160,7 @@ def _meta_model(config):
     """The model built on the meta device: names and shapes only, no memory."""
     import torch
 
-    from modeling_eagle.modeling_eagle import EagleForConditionalGeneration
+    from eagle_hub.modeling_eagle.modeling_eagle import EagleForConditionalGeneration
 
     with torch.device("meta"):
         return EagleForConditionalGeneration(config)
@@ -188,7 +188,7 @@ def _shape_counts(counts: dict[str, int], source: str) -> dict:
 
 def _load_config(folder: Path):
     """The folder's ``EagleConfig`` (this package's class; the folder's own code is not executed)."""
-    from modeling_eagle.configuration_eagle import EagleConfig
+    from eagle_hub.modeling_eagle.configuration_eagle import EagleConfig
 
     raw = _read_json(folder / "config.json", "the model config")
     if raw.get("model_type") != "eagle":
@@ -239,7 +239,7 @@ def training_info_from_recipe(recipe, summaries: dict | None = None, upto: str |
     """The ``training.json`` record of a training run: the recipe's stages (up to and including ``upto``), with the
     final loss of each from the runner's ``summaries`` when given. ``hf`` data that is not a local path is a Hub
     dataset id (as the loader reads it) and goes to the card metadata."""
-    from training.recipe import Recipe, load_recipe
+    from eagle_hub.training.recipe import Recipe, load_recipe
 
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     summaries = summaries or {}

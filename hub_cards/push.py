@@ -1,6 +1,6 @@
 """Push an Eagle folder to the Hugging Face Hub, after checking that it works for someone without this package.
 
-    from hub_cards.push import push_folder
+    from eagle_hub.hub_cards.push import push_folder
     push_folder("runs/tiny/stage3-sft", "me/eagle-tiny", private=True)             # validate, then upload
     push_folder("runs/tiny/stage3-sft", "me/eagle-tiny", dry_run=True)             # validate, list what would go
 

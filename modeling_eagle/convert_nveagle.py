@@ -514,6 +514,6 @@ class ShardWriter:
 
 
 def _write_card(folder: Path, src: Path, config: EagleConfig, report: ConversionReport) -> None:
-    from hub_cards.model_card import converted_model_card
+    from eagle_hub.hub_cards.model_card import converted_model_card
 
     converted_model_card(config, source=str(src), report=report.summary()).save(folder / "README.md")

@@ -16,18 +16,20 @@ from transformers import GenerationConfig
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.utils import logging
 
+from eagle_hub.processing.chat_templates import CHAT_TEMPLATES
+from eagle_hub.processing.local_tokenizer import build_tokenizer
+
 from . import AUTO_MAP
 from .configuration_eagle import EagleConfig
+from .image_processing_eagle import EagleImageProcessor
 from .modeling_eagle import EagleForConditionalGeneration
+from .processing_eagle import EagleProcessor
 
 logger = logging.get_logger(__name__)
 
 
 def build_processor(config: EagleConfig, tokenizer, chat_template: str = "vicuna_v1", mode: str = "per_expert"):
     """An ``EagleProcessor`` matching ``config``: one image-processor entry per expert, the grid's token count."""
-    from processing import EagleImageProcessor, EagleProcessor
-    from processing.chat_templates import CHAT_TEMPLATES
-
     template = CHAT_TEMPLATES.get(chat_template, chat_template)
     image_processor = EagleImageProcessor.from_vision_experts(config.vision_config.experts, mode=mode)
     # Left padding for batched generation (saved with the tokenizer); TRL's collator asks for right padding itself.
@@ -135,8 +137,6 @@ def save_folder(
 
 def init_folder(preset: str, output_dir, *, config_only: bool = False, seed: int = 0, overwrite: bool = False):
     """A randomly initialised, Hub-ready folder for a preset, with a tokenizer built on this machine."""
-    from processing.local_tokenizer import build_tokenizer
-
     from .presets import eagle_config
 
     tokenizer = build_tokenizer()

@@ -11,12 +11,11 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import modeling_eagle  # noqa: E402,F401  (registers the Auto classes)
-import processing  # noqa: E402,F401
-from modeling_eagle.hub_folder import build_processor, save_folder  # noqa: E402
-from modeling_eagle.modeling_eagle import EagleForConditionalGeneration  # noqa: E402
-from modeling_eagle.presets import eagle_config  # noqa: E402
-from processing.local_tokenizer import build_tokenizer  # noqa: E402
+import eagle_hub.modeling_eagle  # noqa: E402,F401  (registers the Auto classes)
+from eagle_hub.modeling_eagle.hub_folder import build_processor, save_folder  # noqa: E402
+from eagle_hub.modeling_eagle.modeling_eagle import EagleForConditionalGeneration  # noqa: E402
+from eagle_hub.modeling_eagle.presets import eagle_config  # noqa: E402
+from eagle_hub.processing.local_tokenizer import build_tokenizer  # noqa: E402
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 

@@ -7,7 +7,7 @@ Saves logits of every Auto class, generated ids and pipeline answers to OUT.pt f
 import importlib.abc
 import sys
 
-PACKAGES = {"modeling_eagle", "processing", "training", "hub_cards"}
+PACKAGES = {"eagle_hub", "modeling_eagle", "processing", "training", "hub_cards"}
 
 
 class BlockPackage(importlib.abc.MetaPathFinder):

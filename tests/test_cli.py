@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 from conftest import make_image
 
-from modeling_eagle.cli import main
+from eagle_hub.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args, cwd=None):
     return subprocess.run(
-        [sys.executable, "-m", "modeling_eagle.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+        [sys.executable, "-m", "eagle_hub.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600
     )
 
 

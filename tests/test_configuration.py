@@ -3,8 +3,8 @@
 import pytest
 from transformers import AutoConfig
 
-from modeling_eagle.configuration_eagle import EagleConfig, EagleVisionConfig
-from modeling_eagle.presets import PRESETS, eagle_config, expert_specs
+from eagle_hub.modeling_eagle.configuration_eagle import EagleConfig, EagleVisionConfig
+from eagle_hub.modeling_eagle.presets import PRESETS, eagle_config, expert_specs
 
 
 def test_presets_have_the_documented_experts_and_grid():

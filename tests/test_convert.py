@@ -20,11 +20,11 @@ from conftest import make_image
 from safetensors.torch import load_file
 from transformers import AutoProcessor
 
-from hub_cards.fresh_process import run_without_package
-from modeling_eagle import convert_nveagle
-from modeling_eagle.convert_nveagle import ConversionError, convert
-from modeling_eagle.modeling_eagle import EagleForConditionalGeneration
-from processing.chat_templates import CHAT_TEMPLATES
+from eagle_hub.hub_cards.fresh_process import run_without_package
+from eagle_hub.modeling_eagle import convert_nveagle
+from eagle_hub.modeling_eagle.convert_nveagle import ConversionError, convert
+from eagle_hub.modeling_eagle.modeling_eagle import EagleForConditionalGeneration
+from eagle_hub.processing.chat_templates import CHAT_TEMPLATES
 
 RELEASED_KEYS = nc.REFERENCE / "nveagle-x5-vision-keys.json"
 CHAT_TEMPLATE_OF = {"vicuna": "vicuna_v1", "llama3": "llama3"}

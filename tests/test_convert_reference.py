@@ -10,7 +10,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from modeling_eagle.convert_nveagle import convert
+from eagle_hub.modeling_eagle.convert_nveagle import convert
 
 CASE = REFERENCE / "nveagle-reference-x5"
 pytestmark = pytest.mark.skipif(

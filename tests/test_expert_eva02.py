@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.utils.checkpoint
 
-from modeling_eagle.expert_eva02 import Eva02Block, Eva02Expert, rope_2d_tables
+from eagle_hub.modeling_eagle.expert_eva02 import Eva02Block, Eva02Expert, rope_2d_tables
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference"
 CASE = SHARED / "nveagle-reference-x5"

@@ -8,9 +8,9 @@ from transformers import ConvNextConfig, ConvNextModel, Pix2StructVisionConfig, 
 from transformers.models.clip.modeling_clip import CLIPVisionConfig, CLIPVisionModel
 from transformers.models.sam.modeling_sam import SamVisionEncoder
 
-from modeling_eagle.configuration_eagle import EagleVisionConfig
-from modeling_eagle.modeling_eagle import EXPERT_CLASSES, EagleForConditionalGeneration, EagleVisionTower
-from modeling_eagle.presets import TINY_EXPERTS, eagle_config, expert_specs
+from eagle_hub.modeling_eagle.configuration_eagle import EagleVisionConfig
+from eagle_hub.modeling_eagle.modeling_eagle import EXPERT_CLASSES, EagleForConditionalGeneration, EagleVisionTower
+from eagle_hub.modeling_eagle.presets import TINY_EXPERTS, eagle_config, expert_specs
 
 torch.manual_seed(0)
 

@@ -12,7 +12,7 @@ import yaml
 from conftest import make_image
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from hub_cards.model_card import (
+from eagle_hub.hub_cards.model_card import (
     CardError,
     card_snippets,
     converted_model_card,
@@ -149,7 +149,7 @@ def test_training_record_fills_stages_datasets_and_base_model(folder):
 
 
 def test_training_record_from_a_recipe(tmp_path):
-    from training.recipe import load_recipe
+    from eagle_hub.training.recipe import load_recipe
 
     recipe = load_recipe(ROOT / "training" / "recipes" / "tiny.yaml")
     (tmp_path / "hf" / "captions").mkdir(parents=True)
@@ -182,7 +182,7 @@ import importlib.abc, sys
 
 class Block(importlib.abc.MetaPathFinder):  # a Hub user: this package is not installed
     def find_spec(self, name, path, target=None):
-        if name.split(".")[0] in {"modeling_eagle", "processing", "training", "hub_cards"}:
+        if name.split(".")[0] in {"eagle_hub", "modeling_eagle", "processing", "training", "hub_cards"}:
             raise ImportError(name)
 
 sys.meta_path.insert(0, Block())

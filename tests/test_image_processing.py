@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from processing.image_processing_eagle import EagleImageProcessor  # noqa: E402
+from eagle_hub.modeling_eagle.image_processing_eagle import EagleImageProcessor  # noqa: E402
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "nveagle-reference-x5" / "reference"
 

@@ -12,10 +12,14 @@ from accelerate import infer_auto_device_map
 from conftest import chat, make_image, pix2struct_patches, tiny_config, tiny_model
 from transformers import AutoModelForImageTextToText, CompileConfig
 
-from benchmarks.bench import STAGES, check_no_sync, count_flops, expert_inputs
-from modeling_eagle.cli import main
-from modeling_eagle.modeling_eagle import QUANTIZATION_SKIP_MODULES, EagleForConditionalGeneration, EagleVisionTower
-from training.callbacks import StageSetupCallback
+from eagle_hub.benchmarks.bench import STAGES, check_no_sync, count_flops, expert_inputs
+from eagle_hub.cli import main
+from eagle_hub.modeling_eagle.modeling_eagle import (
+    QUANTIZATION_SKIP_MODULES,
+    EagleForConditionalGeneration,
+    EagleVisionTower,
+)
+from eagle_hub.training.callbacks import StageSetupCallback
 
 EXPERTS_WITH_ATTENTION = ("clip", "sam", "eva02", "pix2struct")
 
@@ -167,7 +171,7 @@ def test_stage2_freezing_backpropagates_into_the_projector_only(tokenizer, proce
 
 
 def test_bench_stages_are_the_shipped_recipes_stages():
-    from training.recipe import load_recipe
+    from eagle_hub.training.recipe import load_recipe
 
     for recipe in ("tiny", "eagle-x5-paper"):
         path = Path(__file__).resolve().parents[1] / "training" / "recipes" / f"{recipe}.yaml"
@@ -406,7 +410,7 @@ def test_no_sync_check_catches_cpu_tensors_fed_to_device_ops(monkeypatch):
     must see it on a CPU, and the SAM expert's own attention must not do it."""
     from transformers.models.sam.modeling_sam import SamVisionAttention, SamVisionSdpaAttention
 
-    import modeling_eagle.expert_sam as expert_sam
+    import eagle_hub.modeling_eagle.expert_sam as expert_sam
 
     assert check_no_sync("small")["pass"] is True
     monkeypatch.setattr(expert_sam, "_ATTENTION", {"eager": SamVisionAttention, "sdpa": SamVisionSdpaAttention})

@@ -5,7 +5,7 @@ import torch
 from conftest import chat, make_image
 from transformers import AutoProcessor
 
-from processing.chat_templates import CHAT_TEMPLATES, VICUNA_SYSTEM
+from eagle_hub.processing.chat_templates import CHAT_TEMPLATES, VICUNA_SYSTEM
 
 
 def test_each_image_token_expands_to_the_grid(processor):
@@ -117,8 +117,8 @@ def test_processor_round_trip(saved_folder, processor):
 def test_tokenizer_without_image_token_is_refused():
     from transformers import PreTrainedTokenizerFast
 
-    from processing import EagleImageProcessor, EagleProcessor
-    from processing.local_tokenizer import build_tokenizer
+    from eagle_hub.modeling_eagle import EagleImageProcessor, EagleProcessor
+    from eagle_hub.processing.local_tokenizer import build_tokenizer
 
     plain = build_tokenizer()
     backend = plain.backend_tokenizer

@@ -12,9 +12,9 @@ import pytest
 from huggingface_hub import constants
 from huggingface_hub.utils._http import default_client_factory, hf_request_event_hook
 
-from hub_cards.model_card import write_model_card
-from hub_cards.push import PushError, load_check, push_folder, static_problems, upload_file_list
-from modeling_eagle.cli import main
+from eagle_hub.cli import main
+from eagle_hub.hub_cards.model_card import write_model_card
+from eagle_hub.hub_cards.push import PushError, load_check, push_folder, static_problems, upload_file_list
 
 try:  # huggingface_hub 2.x speaks httpx2, 1.x httpx
     import httpx2 as httpx

@@ -2,7 +2,6 @@
 and answers from a fresh process that loads the folder through remote code and a pipeline."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ from huggingface_hub import ModelCard
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from training.quickstart import ANSWERS, Budget, format_report, quickstart, quickstart_recipe
+from eagle_hub.training.quickstart import ANSWERS, Budget, format_report, quickstart, quickstart_recipe
 
 
 def test_shortened_quickstart_end_to_end(tmp_path):

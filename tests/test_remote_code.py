@@ -9,8 +9,7 @@ from pathlib import Path
 
 import torch
 
-import modeling_eagle
-import processing
+import eagle_hub.modeling_eagle as modeling_eagle
 
 HERE = Path(__file__).resolve().parent
 DECLARED = {"torch", "transformers", "safetensors", "huggingface_hub", "numpy", "PIL", "tokenizers"}
@@ -77,7 +76,7 @@ def test_fresh_process_without_package_loads_every_auto_class_with_identical_log
 def remote_code_files() -> list[Path]:
     """Every file a Hub repo carries: the modules reachable by relative imports from the saved classes."""
     roots = [Path(modeling_eagle.modeling_eagle.__file__), Path(modeling_eagle.configuration_eagle.__file__)]
-    roots += [Path(processing.processing_eagle.__file__), Path(processing.image_processing_eagle.__file__)]
+    roots += [Path(modeling_eagle.processing_eagle.__file__), Path(modeling_eagle.image_processing_eagle.__file__)]
     seen, queue = set(), list(roots)
     while queue:
         path = queue.pop()

@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from modeling_eagle.configuration_eagle import EagleVisionConfig
-from modeling_eagle.presets import expert_specs
-from processing import EagleImageProcessor
+from eagle_hub.modeling_eagle import EagleImageProcessor
+from eagle_hub.modeling_eagle.configuration_eagle import EagleVisionConfig
+from eagle_hub.modeling_eagle.presets import expert_specs
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
@@ -161,7 +161,7 @@ def test_absurd_config_values_are_refused_at_validation():
         EagleVisionConfig(experts=expert_specs("eagle-x5-tiny", ["clip"]), grid_size=100000)
     with pytest.raises(ValueError, match=r"image_size is 1000000"):
         EagleVisionConfig(experts=expert_specs("eagle-x5-tiny", ["clip"], image_size=10**6))
-    from modeling_eagle.configuration_eagle import EagleConfig
+    from eagle_hub.modeling_eagle.configuration_eagle import EagleConfig
 
     with pytest.raises(ValueError, match="text_config.hidden_size"):
         EagleConfig(
@@ -172,7 +172,7 @@ def test_absurd_config_values_are_refused_at_validation():
 
 
 def test_library_code_loads_weights_only_from_safetensors_or_weights_only_pickles():
-    for package in ("modeling_eagle", "processing", "training", "hub_cards"):
+    for package in ("modeling_eagle", "processing", "training", "hub_cards", "benchmarks", "cli"):
         for path in (ROOT / package).rglob("*.py"):
             tree = ast.parse(path.read_text())
             for node in ast.walk(tree):
@@ -215,9 +215,9 @@ def test_processor_property_token_counts_match_images(processor, sizes, modes, e
 def test_training_killed_at_random_moments_always_resumes_to_the_same_weights(tmp_path):
     from safetensors.torch import load_file
 
-    from training.recipe import load_recipe
-    from training.runner import run_recipe
-    from training.synth import generate
+    from eagle_hub.training.recipe import load_recipe
+    from eagle_hub.training.runner import run_recipe
+    from eagle_hub.training.synth import generate
 
     data = tmp_path / "data"
     generate(data, n=32, seed=0, image_size=64)

@@ -19,7 +19,7 @@ import pytest
 import torch
 from conftest import make_image
 
-from hub_cards.fresh_process import PRELUDE
+from eagle_hub.hub_cards.fresh_process import PRELUDE
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = ROOT / "hub_cards" / "space"
@@ -93,7 +93,7 @@ def test_experts_examples_and_failure(saved_folder, tmp_path, model):
 
 
 def test_eagle_demo_serves_the_space_app(saved_folder, tmp_path, capsys, monkeypatch):
-    from modeling_eagle.cli import main
+    from eagle_hub.cli import main
 
     assert main(["demo", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
@@ -130,7 +130,7 @@ def test_space_metadata_and_requirements(saved_folder):
     imported = set()
     for path in code:
         imported |= set(re.findall(r"^\s*(?:from|import) (\w+)", path.read_text(), flags=re.M))
-    own = {p.stem for p in saved_folder.glob("*.py")} | {"modeling_eagle", "processing", "gradio", "__future__"}
+    own = {p.stem for p in saved_folder.glob("*.py")} | {"eagle_hub", "gradio", "__future__"}
     needed = {{"PIL": "pillow"}.get(m, m).lower() for m in imported - set(sys.stdlib_module_names) - own}
     assert {"torch", "transformers", "pillow"} <= needed <= requirements
 

@@ -14,10 +14,10 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from training.callbacks import FrozenWeightsCallback, fingerprint
-from training.recipe import RecipeError, load_recipe, parse_recipe
-from training.runner import build_start, build_trainer, run_recipe
-from training.synth import generate
+from eagle_hub.training.callbacks import FrozenWeightsCallback, fingerprint
+from eagle_hub.training.recipe import RecipeError, load_recipe, parse_recipe
+from eagle_hub.training.runner import build_start, build_trainer, run_recipe
+from eagle_hub.training.synth import generate
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -92,7 +92,7 @@ def test_frozen_experts_stay_in_eval_mode_and_build_no_graph(synthetic, processo
     from conftest import tiny_model
     from transformers import TrainerCallback
 
-    from training.data import load_data
+    from eagle_hub.training.data import load_data
 
     recipe = tiny_recipe(synthetic)
     stage = copy.deepcopy(recipe.stages[1])  # align: everything but the projector frozen
@@ -173,7 +173,7 @@ def test_the_labels_the_trainer_sees_cover_assistant_tokens_only(synthetic, proc
 
     recipe = tiny_recipe(synthetic)
     stage = recipe.stages[2]
-    from training.data import load_data
+    from eagle_hub.training.data import load_data
 
     dataset = load_data(stage.data.__dict__, recipe.data_dir)
     trainer = build_trainer(tiny_model(tokenizer), processor, stage, dataset, tmp_path, seed=0)
@@ -194,7 +194,7 @@ def test_per_group_learning_rates_reach_the_optimizer(synthetic, processor, toke
 
     stage = copy.deepcopy(tiny_recipe(synthetic).stages[2])
     stage.lr = {"vision": 1e-4, "projector": 2e-3, "llm": 3e-5}
-    from training.data import load_data
+    from eagle_hub.training.data import load_data
 
     dataset = load_data(stage.data.__dict__, tiny_recipe(synthetic).data_dir)
     model = tiny_model(tokenizer)
@@ -287,7 +287,7 @@ def test_two_process_run_matches_single_process_with_the_same_global_batch(synth
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-        str(ROOT / "training" / "accelerate" / "cpu-2proc.yaml"), "-m", "modeling_eagle.cli",
+        str(ROOT / "training" / "accelerate" / "cpu-2proc.yaml"), "-m", "eagle_hub.cli",
         "train", str(double_recipe), "--output", str(tmp_path / "double"),
     ]  # fmt: skip
     out = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)

@@ -10,9 +10,9 @@ from conftest import tiny_config
 from datasets import load_from_disk
 from PIL import Image
 
-from modeling_eagle.hub_folder import build_processor
-from training import synth
-from training.data import DataFormatError, load_data, load_hf_dataset, load_llava_json
+from eagle_hub.modeling_eagle.hub_folder import build_processor
+from eagle_hub.training import synth
+from eagle_hub.training.data import DataFormatError, load_data, load_hf_dataset, load_llava_json
 
 SIZE = 96
 

@@ -9,8 +9,8 @@ import sys
 
 from transformers import TrainerCallback
 
-import training.runner as runner
-from training.recipe import load_recipe
+import eagle_hub.training.runner as runner
+from eagle_hub.training.recipe import load_recipe
 
 recipe_path, output, data_root, kill_stage, kill_step = sys.argv[1:6]
 

@@ -138,8 +138,8 @@ class StageSummaryCallback(TrainerCallback):
 
 def save_stage_folder(folder, processor, model, training: dict | None = None, subfolders=None) -> None:
     """A stage's result as a Hub-ready folder: the model (cache back on), its ``training.json`` and model card."""
-    from hub_cards.model_card import TRAINING_FILE, write_model_card
-    from modeling_eagle.hub_folder import save_folder
+    from eagle_hub.hub_cards.model_card import TRAINING_FILE, write_model_card
+    from eagle_hub.modeling_eagle.hub_folder import save_folder
 
     model.config.use_cache = model.config.text_config.use_cache = True  # TRL turns it off to train
     save_folder(

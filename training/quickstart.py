@@ -171,7 +171,7 @@ for sample, result in zip(samples, pipe(text=chats, max_new_tokens=8, batch_size
 
 def answer_in_fresh_process(folder: Path, samples: list[dict]) -> list[dict]:
     """Load ``folder`` in a new Python process that cannot import this package, and answer through a pipeline."""
-    from hub_cards.fresh_process import run_without_package
+    from eagle_hub.hub_cards.fresh_process import run_without_package
 
     # The fresh process runs in a scratch folder: it gets absolute paths, the caller keeps its own.
     absolute = [{**sample, "image": str(Path(sample["image"]).resolve())} for sample in samples]
@@ -207,7 +207,7 @@ def quickstart(
     ``training.synth``'s: ``"uniform"`` (the default) or the harder ``"mixed"``."""
     from datasets import load_from_disk
 
-    from hub_cards.model_card import write_model_card
+    from eagle_hub.hub_cards.model_card import write_model_card
 
     budget = budget or Budget()
     budget.validate()

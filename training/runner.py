@@ -22,9 +22,9 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.utils import logging
 from trl import SFTConfig
 
-from hub_cards.model_card import training_info_from_recipe
-from modeling_eagle.hub_folder import build_processor
-from modeling_eagle.modeling_eagle import EagleForConditionalGeneration, EagleMultiModalProjector
+from eagle_hub.hub_cards.model_card import training_info_from_recipe
+from eagle_hub.modeling_eagle.hub_folder import build_processor
+from eagle_hub.modeling_eagle.modeling_eagle import EagleForConditionalGeneration, EagleMultiModalProjector
 
 from .callbacks import (
     FrozenWeightsCallback,
@@ -51,9 +51,9 @@ def build_start(recipe: Recipe):
             AutoModelForImageTextToText.from_pretrained(path, dtype=dtype),
             AutoProcessor.from_pretrained(path),
         )
-    from modeling_eagle.hub_folder import vocab_size_for
-    from modeling_eagle.presets import eagle_config
-    from processing.local_tokenizer import build_tokenizer
+    from eagle_hub.modeling_eagle.hub_folder import vocab_size_for
+    from eagle_hub.modeling_eagle.presets import eagle_config
+    from eagle_hub.processing.local_tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer(spec.get("tokenizer_corpus"))
     config = eagle_config(

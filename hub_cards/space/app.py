@@ -33,8 +33,7 @@ TITLE = "Eagle: a mixture of vision experts"
 def load_model(source: str):
     """``(model, processor)`` for a repo id or folder; greedy generation on the GPU if there is one."""
     try:  # the package's own classes, if installed; otherwise the repo's remote code
-        import modeling_eagle  # noqa: F401
-        import processing  # noqa: F401
+        import eagle_hub.modeling_eagle  # noqa: F401
     except ImportError:
         pass
     from transformers import AutoModelForImageTextToText, AutoProcessor

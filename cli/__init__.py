@@ -22,8 +22,8 @@ class UserError(Exception):
 
 
 def _cmd_init(args) -> None:
-    from .hub_folder import init_folder
-    from .presets import PRESETS
+    from eagle_hub.modeling_eagle.hub_folder import init_folder
+    from eagle_hub.modeling_eagle.presets import PRESETS
 
     if args.preset not in PRESETS:
         raise UserError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
@@ -42,8 +42,7 @@ def _cmd_generate(args) -> None:
     from PIL import Image, UnidentifiedImageError
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    import modeling_eagle  # noqa: F401  (registers the Auto classes)
-    import processing  # noqa: F401
+    import eagle_hub.modeling_eagle  # noqa: F401  (registers the Auto classes)
 
     if not (Path(args.model) / "config.json").is_file():
         raise UserError(
@@ -70,7 +69,7 @@ def _cmd_generate(args) -> None:
 
 
 def _cmd_convert(args) -> None:
-    from .convert_nveagle import ConversionError, convert
+    from eagle_hub.modeling_eagle.convert_nveagle import ConversionError, convert
 
     try:
         report = convert(
@@ -87,8 +86,8 @@ def _cmd_convert(args) -> None:
 
 
 def _cmd_train(args) -> None:
-    from training.recipe import RecipeError, load_recipe
-    from training.runner import format_summary, run_recipe
+    from eagle_hub.training.recipe import RecipeError, load_recipe
+    from eagle_hub.training.runner import format_summary, run_recipe
 
     try:
         recipe = load_recipe(args.recipe)
@@ -102,7 +101,7 @@ def _cmd_train(args) -> None:
 
 
 def _cmd_quickstart(args) -> None:
-    from training.quickstart import Budget, format_report, quickstart
+    from eagle_hub.training.quickstart import Budget, format_report, quickstart
 
     budget = Budget()
     for field in ("n_images", "prealign_steps", "align_steps", "word_steps", "sft_steps"):
@@ -113,7 +112,7 @@ def _cmd_quickstart(args) -> None:
 
 
 def _cmd_data_synth(args) -> None:
-    from training.synth import generate
+    from eagle_hub.training.synth import generate
 
     manifest = generate(
         args.output,
@@ -128,7 +127,7 @@ def _cmd_data_synth(args) -> None:
 
 
 def _cmd_push(args) -> None:
-    from hub_cards.push import PushError, push_folder
+    from eagle_hub.hub_cards.push import PushError, push_folder
 
     try:
         result = push_folder(
@@ -186,7 +185,7 @@ def _cmd_demo(args) -> None:
 
 
 def _cmd_bench(args) -> None:
-    from benchmarks.bench import Settings, format_table, run_benchmark, write_json
+    from eagle_hub.benchmarks.bench import Settings, format_table, run_benchmark, write_json
 
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise UserError(f"--json {args.json}: its folder does not exist")
@@ -275,8 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--output", default="eagle-quickstart", help="folder to create (default eagle-quickstart)")
     quick.add_argument("--seed", type=int, default=0, help="seed for data and training (default 0)")
     quick.add_argument("--ablate", action="store_true", help="also train single-expert and no-pre-alignment variants")
-    from training.quickstart import Budget
-    from training.synth import QUESTION_TYPES, SCENES
+    from eagle_hub.training.quickstart import Budget
+    from eagle_hub.training.synth import QUESTION_TYPES, SCENES
 
     quick.add_argument(
         "--scene",
