@@ -11,6 +11,8 @@ import copy
 from transformers import AutoConfig, PretrainedConfig
 
 EXPERT_TYPES = ("clip", "convnext", "sam", "eva02", "pix2struct")
+# Experts fed flattened patches (made by the processor) instead of an image tensor.
+PATCH_EXPERT_TYPES = ("pix2struct",)
 PROJECTOR_TYPES = ("linear", "mlp2x_gelu")
 
 # Bounds that keep a typo (grid 100000, resolution 10**6) from allocating terabytes at construction.
@@ -27,49 +29,64 @@ def _check(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
-def validate_expert_spec(spec: dict, index: int) -> dict:
-    """Fill defaults into one expert entry and check it; errors name the entry and the field."""
-    where = f"vision_config.experts[{index}]"
+def as_three_floats(value, where: str) -> list[float]:
+    ok = isinstance(value, (list, tuple)) and len(value) == 3
+    _check(
+        ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value),
+        f"{where} must be a list of 3 floats, got {value!r}",
+    )
+    return [float(v) for v in value]
+
+
+def check_expert_input(spec: dict, where: str, patch_size: int = 16) -> dict:
+    """The input side of one expert entry, which the config and the image processor both read: ``type``, ``name``,
+    ``image_size``, ``image_mean``/``image_std`` (optional for patch experts, which standardise each image
+    themselves) and, for patch experts, ``max_patches`` on a ``patch_size`` grid. Returns a copy with the defaults
+    filled in; errors name the entry and the field."""
     _check(isinstance(spec, dict), f"{where} must be a dict, got {type(spec).__name__}")
     spec = copy.deepcopy(spec)
     expert_type = spec.get("type")
-    _check(
-        expert_type in EXPERT_TYPES,
-        f"{where}.type is {expert_type!r}; choose one of {', '.join(EXPERT_TYPES)}",
-    )
-    spec.setdefault("name", expert_type)
+    _check(expert_type in EXPERT_TYPES, f"{where}.type is {expert_type!r}; choose one of {', '.join(EXPERT_TYPES)}")
+    spec["name"] = spec.get("name") or expert_type
     _check(isinstance(spec["name"], str) and spec["name"].isidentifier(), f"{where}.name must be an identifier")
     size = spec.get("image_size")
     _check(
-        isinstance(size, int) and 16 <= size <= MAX_IMAGE_SIZE,
-        f"{where}.image_size is {size!r}; it must be an int between 16 and {MAX_IMAGE_SIZE}",
+        isinstance(size, int) and not isinstance(size, bool) and 1 <= size <= MAX_IMAGE_SIZE,
+        f"{where}.image_size is {size!r}; it must be an int between 1 and {MAX_IMAGE_SIZE}",
     )
+    if expert_type in PATCH_EXPERT_TYPES:
+        max_patches = spec.get("max_patches")
+        spec["max_patches"] = max((size // patch_size) ** 2, 1) if max_patches is None else max_patches
+        _check(
+            isinstance(spec["max_patches"], int) and 1 <= spec["max_patches"] <= MAX_PATCHES,
+            f"{where}.max_patches is {spec['max_patches']!r}; it must be an int between 1 and {MAX_PATCHES}",
+        )
+        for key in ("image_mean", "image_std"):
+            spec[key] = None if spec.get(key) is None else as_three_floats(spec[key], f"{where}.{key}")
+    else:
+        for key in ("image_mean", "image_std"):
+            spec[key] = as_three_floats(spec.get(key), f"{where}.{key}")
+        _check(
+            all(s != 0 for s in spec["image_std"]), f"{where}.image_std must not contain 0, got {spec['image_std']}"
+        )
+    return spec
+
+
+def validate_expert_spec(spec: dict, index: int) -> dict:
+    """Fill defaults into one expert entry and check it; errors name the entry and the field."""
+    where = f"vision_config.experts[{index}]"
+    architecture = spec.get("config", {}) if isinstance(spec, dict) else {}
+    _check(isinstance(architecture, dict), f"{where}.config must be a dict of the architecture's settings")
+    spec = check_expert_input(spec, where, patch_size=architecture.get("patch_size", 16))
     factor = spec.setdefault("pixel_unshuffle", 1)
     _check(isinstance(factor, int) and 1 <= factor <= 8, f"{where}.pixel_unshuffle must be an int in 1..8")
     spec.setdefault("config", {})
-    _check(isinstance(spec["config"], dict), f"{where}.config must be a dict of the architecture's settings")
     for key, value in spec["config"].items():
         values = value if isinstance(value, (list, tuple)) else [value]
         for item in values:
             _check(
                 not isinstance(item, (int, float)) or isinstance(item, bool) or abs(item) <= MAX_ARCH_VALUE,
                 f"{where}.config.{key} is {value!r}; values above {MAX_ARCH_VALUE} would allocate absurd sizes",
-            )
-    if expert_type == "pix2struct":
-        patch = spec["config"].get("patch_size", 16)
-        max_patches = spec.setdefault("max_patches", (size // patch) ** 2)
-        _check(
-            isinstance(max_patches, int) and 1 <= max_patches <= MAX_PATCHES,
-            f"{where}.max_patches is {max_patches!r}; it must be an int between 1 and {MAX_PATCHES}",
-        )
-        spec.setdefault("image_mean", None)
-        spec.setdefault("image_std", None)
-    else:
-        for key in ("image_mean", "image_std"):
-            value = spec.get(key)
-            _check(
-                isinstance(value, (list, tuple)) and len(value) == 3,
-                f"{where}.{key} must be a list of 3 floats (the expert's normalisation)",
             )
     return spec
 

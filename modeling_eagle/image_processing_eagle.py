@@ -34,10 +34,11 @@ from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import ChannelDimension, infer_channel_dimension_format
 from transformers.processing_utils import ImagesKwargs, Unpack
 
+from .configuration_eagle import PATCH_EXPERT_TYPES, as_three_floats, check_expert_input
+
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-EXPERT_TYPES = ("clip", "convnext", "sam", "eva02", "pix2struct")
 MODES = ("per_expert", "released")
 RESIZE_MODES = ("pad", "resize")
 _EXPERT_KEYS = ("name", "type", "image_size", "image_mean", "image_std", "max_patches", "patch_size")
@@ -51,7 +52,7 @@ DEFAULT_EXPERTS = [
     {"name": "pix2struct", "type": "pix2struct", "image_size": 1024, "max_patches": 2048, "patch_size": 16},
 ]
 for _spec in DEFAULT_EXPERTS:
-    if _spec["type"] != "pix2struct":
+    if _spec["type"] not in PATCH_EXPERT_TYPES:
         _spec["image_mean"] = list(OPENAI_CLIP_MEAN)
         _spec["image_std"] = list(OPENAI_CLIP_STD)
 
@@ -149,12 +150,6 @@ def open_image(source, where: str, limit: int) -> Image.Image:
     return image
 
 
-def _three_floats(value: Any, where: str) -> list[float]:
-    if isinstance(value, (list, tuple)) and len(value) == 3 and all(isinstance(v, (int, float)) for v in value):
-        return [float(v) for v in value]
-    raise ValueError(f"{where} must be a list of 3 floats, got {value!r}")
-
-
 def _positive_int(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{where} must be a positive int, got {value!r}")
@@ -162,40 +157,18 @@ def _positive_int(value: Any, where: str) -> int:
 
 
 def _normalize_expert(spec: Any, index: int) -> dict:
-    """Check one expert entry and fill its defaults; errors name the entry and the field."""
+    """Check one expert entry (the config's rules for an expert's input) and fill its defaults."""
     where = f"experts[{index}]"
     if not isinstance(spec, dict):
         raise ValueError(f"{where} must be a dict, got {type(spec).__name__}")
     unknown = sorted(set(spec) - set(_EXPERT_KEYS))
     if unknown:
         raise ValueError(f"{where} has unknown keys {unknown}; allowed keys are {list(_EXPERT_KEYS)}")
-    expert_type = spec.get("type")
-    if expert_type not in EXPERT_TYPES:
-        raise ValueError(
-            f"{where} ({spec.get('name', '?')!r}) has unknown expert type {expert_type!r}; "
-            f"choose one of {', '.join(EXPERT_TYPES)}"
-        )
-    out = {"name": spec.get("name") or expert_type, "type": expert_type}
-    if not isinstance(out["name"], str):
-        raise ValueError(f"{where}.name must be a str, got {out['name']!r}")
-    out["image_size"] = _positive_int(spec.get("image_size"), f"{where}.image_size")
-    if expert_type == "pix2struct":
-        for key in ("image_mean", "image_std"):
-            value = spec.get(key)
-            out[key] = None if value is None else _three_floats(value, f"{where}.{key}")
-        patch = spec.get("patch_size")
-        patch = _positive_int(16 if patch is None else patch, f"{where}.patch_size")
-        max_patches = spec.get("max_patches")
-        if max_patches is None:
-            max_patches = max((out["image_size"] // patch) ** 2, 1)
-        out["max_patches"] = _positive_int(max_patches, f"{where}.max_patches")
-        out["patch_size"] = patch
-    else:
-        for key in ("image_mean", "image_std"):
-            out[key] = _three_floats(spec.get(key), f"{where}.{key}")
-        if any(s == 0 for s in out["image_std"]):
-            raise ValueError(f"{where}.image_std must not contain 0, got {out['image_std']}")
-    return out
+    patch = _positive_int(16 if spec.get("patch_size") is None else spec["patch_size"], f"{where}.patch_size")
+    entry = check_expert_input({key: value for key, value in spec.items() if key != "patch_size"}, where, patch)
+    if entry["type"] in PATCH_EXPERT_TYPES:
+        entry["patch_size"] = patch
+    return entry
 
 
 def _pix2struct_grid(height: int, width: int, max_patches: int, patch: int) -> tuple[int, int]:
@@ -333,7 +306,7 @@ class EagleImageProcessor(PilBackend):
                 raise ValueError(f"vision expert {index} must be a dict, got {type(spec).__name__}")
             entry = {key: copy.deepcopy(spec.get(key)) for key in ("name", "type", "image_size", "image_mean")}
             entry["image_std"] = copy.deepcopy(spec.get("image_std"))
-            if spec.get("type") == "pix2struct":
+            if spec.get("type") in PATCH_EXPERT_TYPES:
                 entry["max_patches"] = spec.get("max_patches")
                 entry["patch_size"] = (spec.get("config") or {}).get("patch_size", 16)
             entries.append(entry)
@@ -359,7 +332,7 @@ class EagleImageProcessor(PilBackend):
             _positive_int(kwargs["max_image_pixels"], "max_image_pixels")
         for key in ("shared_mean", "shared_std"):
             if kwargs.get(key) is not None:
-                kwargs[key] = _three_floats(kwargs[key], key)
+                kwargs[key] = as_three_floats(kwargs[key], key)
         return kwargs
 
     def _validate_preprocess_kwargs(self, **kwargs):
@@ -479,7 +452,7 @@ class EagleImageProcessor(PilBackend):
         pixel_values = []
         for spec in experts:
             side = spec["image_size"]
-            if spec["type"] == "pix2struct":
+            if spec["type"] in PATCH_EXPERT_TYPES:
                 colour = _mean_colour(spec["image_mean"] or OPENAI_CLIP_MEAN)
                 pixels = torch.from_numpy(square_batch(side, colour)).permute(0, 3, 1, 2).float()
                 pixel_values.append(_pix2struct_patches(pixels, spec["max_patches"], spec["patch_size"]))
@@ -510,7 +483,7 @@ class EagleImageProcessor(PilBackend):
         shared = _normalize_uint8(batch, shared_mean, shared_std)
         pixel_values = []
         for spec in experts:
-            if spec["type"] == "pix2struct":
+            if spec["type"] in PATCH_EXPERT_TYPES:
                 # The original Pix2Struct tower un-normalised its input back to 0..255 before its processor.
                 mean_t = torch.tensor(shared_mean, dtype=torch.float32).view(1, 3, 1, 1)
                 std_t = torch.tensor(shared_std, dtype=torch.float32).view(1, 3, 1, 1)

@@ -320,7 +320,7 @@ def test_validation_errors(processor, wide):
         processor(np.zeros((0, 5, 3), dtype=np.uint8))
     with pytest.raises(ValueError, match=r"image 1 has shape \(5, 5, 2\)"):
         processor([wide, np.zeros((5, 5, 2), dtype=np.uint8)])
-    with pytest.raises(ValueError, match="unknown expert type 'vit'"):
+    with pytest.raises(ValueError, match=r"experts\[0\].type is 'vit'; choose one of clip"):
         EagleImageProcessor(experts=[{"name": "x", "type": "vit", "image_size": 32}])
     with pytest.raises(ValueError, match="Unknown mode 'tiled'"):
         EagleImageProcessor(experts=SMALL_EXPERTS, mode="tiled")
