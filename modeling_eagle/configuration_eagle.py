@@ -23,6 +23,104 @@ MAX_PATCHES = 16384
 MAX_ARCH_VALUE = 1 << 20
 TEXT_LIMITS = {"vocab_size": 1 << 22, "hidden_size": 1 << 16, "intermediate_size": 1 << 18, "num_hidden_layers": 1024}
 
+# OpenAI CLIP's normalisation, which most experts were trained with, and ImageNet's (SAM).
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+# The released Eagle experts (EAGLE-X5.md §2): each one's architecture and normalisation. `EagleConfig()` and the
+# `eagle-x5`/`eagle-x4` presets build their towers from this table.
+RELEASED_EXPERTS = {
+    "clip": {
+        "type": "clip",
+        "image_mean": CLIP_MEAN,
+        "image_std": CLIP_STD,
+        "config": {
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 16,
+            "patch_size": 14,
+            "image_size": 336,
+            "hidden_act": "quick_gelu",
+        },
+    },
+    "convnext": {
+        "type": "convnext",
+        "image_mean": CLIP_MEAN,
+        "image_std": CLIP_STD,
+        "config": {"hidden_sizes": [384, 768, 1536, 3072], "depths": [3, 4, 30, 3], "layer_norm_eps": 1e-5},
+    },
+    "sam": {
+        "type": "sam",
+        "pixel_unshuffle": 2,
+        "image_mean": IMAGENET_MEAN,
+        "image_std": IMAGENET_STD,
+        "config": {
+            "hidden_size": 1024,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 16,
+            "global_attn_indexes": [5, 11, 17, 23],
+            "mlp_dim": 4096,
+            "output_channels": 256,
+            "window_size": 14,
+            "image_size": 1024,
+            "patch_size": 16,
+        },
+    },
+    "eva02": {
+        "type": "eva02",
+        "image_mean": CLIP_MEAN,
+        "image_std": CLIP_STD,
+        "config": {
+            "hidden_size": 1024,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 16,
+            "patch_size": 16,
+            "pretrain_image_size": 224,
+            "window_size": 16,
+        },
+    },
+    "pix2struct": {
+        "type": "pix2struct",
+        "config": {
+            "hidden_size": 1536,
+            "num_hidden_layers": 18,
+            "num_attention_heads": 24,
+            "d_kv": 64,
+            "d_ff": 3968,
+            "patch_embed_hidden_size": 768,
+            "seq_len": 4096,
+            "layer_norm_eps": 1e-6,
+            "dense_act_fn": "gelu_new",
+        },
+    },
+}
+EAGLE_X5_EXPERTS = ("clip", "convnext", "sam", "eva02", "pix2struct")
+# The design card's default: every expert sees 448 px, fused on a 32 x 32 grid (1024 image tokens).
+DEFAULT_IMAGE_SIZE = 448
+DEFAULT_GRID_SIZE = 32
+# Eagle-X5-7B's language model: Vicuna-7B, whose 32000-token vocabulary gains one row for the image token (id 32000).
+VICUNA_7B = {
+    "model_type": "llama",
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-5,
+    "vocab_size": 32001,
+}
+DEFAULT_IMAGE_TOKEN_ID = 32000
+
+
+def released_expert_specs(names=EAGLE_X5_EXPERTS, image_size: int = DEFAULT_IMAGE_SIZE) -> list[dict]:
+    """Expert entries for ``names`` from ``RELEASED_EXPERTS``, each fed ``image_size`` pixels (Pix2Struct's patch
+    budget then follows from the size)."""
+    return [{**copy.deepcopy(RELEASED_EXPERTS[name]), "name": name, "image_size": image_size} for name in names]
+
 
 def _check(condition: bool, message: str) -> None:
     if not condition:
@@ -95,7 +193,7 @@ class EagleVisionConfig(PretrainedConfig):
     r"""The mixture of vision experts.
 
     Args:
-        experts (`list[dict]`):
+        experts (`list[dict]`, *optional*, defaults to Eagle-X5's five experts at 448 pixels):
             Ordered expert entries: `type` (one of `clip`, `convnext`, `sam`, `eva02`, `pix2struct`), `name`
             (unique; the module name in the tower), `image_size` (input side the expert sees),
             `pixel_unshuffle` (space-to-depth factor applied to its map before the bilinear step; 1 = none),
@@ -108,8 +206,8 @@ class EagleVisionConfig(PretrainedConfig):
     model_type = "eagle_vision"
     base_config_key = "vision_config"
 
-    def __init__(self, experts=None, grid_size=32, initializer_range=0.02, **kwargs):
-        self.experts = list(experts or [])
+    def __init__(self, experts=None, grid_size=DEFAULT_GRID_SIZE, initializer_range=0.02, **kwargs):
+        self.experts = released_expert_specs() if experts is None else list(experts)
         self.grid_size = grid_size
         self.initializer_range = initializer_range
         super().__init__(**kwargs)
@@ -132,12 +230,15 @@ class EagleVisionConfig(PretrainedConfig):
 
 
 class EagleConfig(PretrainedConfig):
-    r"""Eagle: `vision_config` (the experts), a projector and a causal LM built from `text_config`.
+    r"""Eagle: `vision_config` (the experts), a projector and a causal LM built from `text_config`. With no arguments
+    it is Eagle-X5-7B (the `eagle-x5` preset): the five released experts at 448 pixels on a 32 x 32 grid, with
+    Vicuna-7B.
 
     Args:
-        vision_config (`EagleVisionConfig` or `dict`): the mixture of vision experts.
-        text_config (`PretrainedConfig` or `dict`): any Llama-family causal LM config (`model_type` picks it).
-        image_token_id (`int`): id of the image placeholder token in the vocabulary.
+        vision_config (`EagleVisionConfig` or `dict`, *optional*): the mixture of vision experts.
+        text_config (`PretrainedConfig` or `dict`, *optional*): any Llama-family causal LM config (`model_type` picks
+            it); defaults to Vicuna-7B with the image token's row.
+        image_token_id (`int`, *optional*, defaults to 32000): id of the image placeholder token in the vocabulary.
         projector_type (`str`, *optional*, defaults to `"mlp2x_gelu"`):
             `mlp2x_gelu` (Linear, GELU, Linear) or `linear`.
     """
@@ -150,20 +251,17 @@ class EagleConfig(PretrainedConfig):
         self,
         vision_config=None,
         text_config=None,
-        image_token_id=32000,
+        image_token_id=DEFAULT_IMAGE_TOKEN_ID,
         projector_type="mlp2x_gelu",
         tie_word_embeddings=False,
         **kwargs,
     ):
         if vision_config is None:
-            raise ValueError(
-                "EagleConfig needs a vision_config; start from a preset, e.g. "
-                "`modeling_eagle.presets.eagle_config('eagle-x5')`"
-            )
-        if isinstance(vision_config, dict):
+            vision_config = EagleVisionConfig()
+        elif isinstance(vision_config, dict):
             vision_config = EagleVisionConfig(**vision_config)
         if text_config is None:
-            text_config = {"model_type": "llama"}
+            text_config = VICUNA_7B
         if isinstance(text_config, dict):
             text_config = dict(text_config)
             text_config = AutoConfig.for_model(text_config.pop("model_type", "llama"), **text_config)

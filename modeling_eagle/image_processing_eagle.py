@@ -34,27 +34,38 @@ from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import ChannelDimension, infer_channel_dimension_format
 from transformers.processing_utils import ImagesKwargs, Unpack
 
-from .configuration_eagle import PATCH_EXPERT_TYPES, as_three_floats, check_expert_input
-
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from .configuration_eagle import (
+    CLIP_MEAN,
+    CLIP_STD,
+    PATCH_EXPERT_TYPES,
+    as_three_floats,
+    check_expert_input,
+    released_expert_specs,
+)
 
 MODES = ("per_expert", "released")
 RESIZE_MODES = ("pad", "resize")
 _EXPERT_KEYS = ("name", "type", "image_size", "image_mean", "image_std", "max_patches", "patch_size")
 
-# The released Eagle-X5 layout (what the authors' checkpoints were trained with).
-DEFAULT_EXPERTS = [
-    {"name": "clip", "type": "clip", "image_size": 336},
-    {"name": "convnext", "type": "convnext", "image_size": 1024},
-    {"name": "sam", "type": "sam", "image_size": 1024},
-    {"name": "eva02", "type": "eva02", "image_size": 1024},
-    {"name": "pix2struct", "type": "pix2struct", "image_size": 1024, "max_patches": 2048, "patch_size": 16},
-]
-for _spec in DEFAULT_EXPERTS:
-    if _spec["type"] not in PATCH_EXPERT_TYPES:
-        _spec["image_mean"] = list(OPENAI_CLIP_MEAN)
-        _spec["image_std"] = list(OPENAI_CLIP_STD)
+
+def expert_inputs(experts: Any) -> list[dict]:
+    """The input side of model config expert entries (`EagleVisionConfig.experts`): `name`, `type`, `image_size`,
+    `image_mean`, `image_std`, and for Pix2Struct `max_patches` and `config["patch_size"]`."""
+    entries = []
+    for index, spec in enumerate(experts):
+        if not isinstance(spec, dict):
+            raise ValueError(f"vision expert {index} must be a dict, got {type(spec).__name__}")
+        entry = {key: copy.deepcopy(spec.get(key)) for key in ("name", "type", "image_size", "image_mean")}
+        entry["image_std"] = copy.deepcopy(spec.get("image_std"))
+        if spec.get("type") in PATCH_EXPERT_TYPES:
+            entry["max_patches"] = spec.get("max_patches")
+            entry["patch_size"] = (spec.get("config") or {}).get("patch_size", 16)
+        entries.append(entry)
+    return entries
+
+
+# The experts of the default `EagleConfig()` (Eagle-X5 at 448 pixels), so that the defaults work together.
+DEFAULT_EXPERTS = expert_inputs(released_expert_specs())
 
 
 class EagleImageProcessorKwargs(ImagesKwargs, total=False):
@@ -268,7 +279,7 @@ class EagleImageProcessor(PilBackend):
     PIL images, numpy arrays or torch tensors (HWC or CHW; 1, 3 or 4 channels; converted to RGB).
 
     Args:
-        experts (`list[dict]`, *optional*, defaults to the released Eagle-X5 layout): see
+        experts (`list[dict]`, *optional*, defaults to the experts of `EagleConfig()`): see
             `EagleImageProcessorKwargs`.
         mode (`str`, *optional*, defaults to `"per_expert"`): `"per_expert"` or `"released"`.
         resize_mode (`str`, *optional*, defaults to `"pad"`): `"pad"` or `"resize"` (per-expert mode).
@@ -285,8 +296,8 @@ class EagleImageProcessor(PilBackend):
     resize_mode = "pad"
     shared_size = 1024
     max_image_pixels = 128 * 1024 * 1024
-    shared_mean = list(OPENAI_CLIP_MEAN)
-    shared_std = list(OPENAI_CLIP_STD)
+    shared_mean = list(CLIP_MEAN)
+    shared_std = list(CLIP_STD)
 
     def __init__(self, **kwargs: Unpack[EagleImageProcessorKwargs]):
         super().__init__(**kwargs)
@@ -300,17 +311,7 @@ class EagleImageProcessor(PilBackend):
         """
         if hasattr(experts, "experts"):
             experts = experts.experts
-        entries = []
-        for index, spec in enumerate(experts):
-            if not isinstance(spec, dict):
-                raise ValueError(f"vision expert {index} must be a dict, got {type(spec).__name__}")
-            entry = {key: copy.deepcopy(spec.get(key)) for key in ("name", "type", "image_size", "image_mean")}
-            entry["image_std"] = copy.deepcopy(spec.get("image_std"))
-            if spec.get("type") in PATCH_EXPERT_TYPES:
-                entry["max_patches"] = spec.get("max_patches")
-                entry["patch_size"] = (spec.get("config") or {}).get("patch_size", 16)
-            entries.append(entry)
-        return cls(experts=entries, **kwargs)
+        return cls(experts=expert_inputs(experts), **kwargs)
 
     # ----------------------------------------------------------------------------------------- kwargs
     def _standardize_kwargs(self, **kwargs) -> dict:
@@ -453,7 +454,7 @@ class EagleImageProcessor(PilBackend):
         for spec in experts:
             side = spec["image_size"]
             if spec["type"] in PATCH_EXPERT_TYPES:
-                colour = _mean_colour(spec["image_mean"] or OPENAI_CLIP_MEAN)
+                colour = _mean_colour(spec["image_mean"] or CLIP_MEAN)
                 pixels = torch.from_numpy(square_batch(side, colour)).permute(0, 3, 1, 2).float()
                 pixel_values.append(_pix2struct_patches(pixels, spec["max_patches"], spec["patch_size"]))
             else:

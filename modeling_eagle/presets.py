@@ -1,86 +1,26 @@
 """Named Eagle configurations.
 
 ``eagle-x5`` / ``eagle-x4`` are the released architectures (EAGLE-X5.md §2) at the design card's default of
-448 pixels per expert, with a Vicuna-7B-sized LLM. The ``-tiny`` presets keep every structural feature
+448 pixels per expert, with a Vicuna-7B-sized LLM; their tables live in ``configuration_eagle`` (remote code), where
+``EagleConfig()`` takes the same ``eagle-x5`` as its default. The ``-tiny`` presets keep every structural feature
 (position-table interpolation, windowed and global attention, pixel_unshuffle, bilinear steps) at widths
 that run in milliseconds on a CPU; the tests use them.
 """
 
 import copy
 
-from .configuration_eagle import EagleConfig
-
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
-
-FULL_EXPERTS = {
-    "clip": {
-        "type": "clip",
-        "image_mean": CLIP_MEAN,
-        "image_std": CLIP_STD,
-        "config": {
-            "hidden_size": 1024,
-            "intermediate_size": 4096,
-            "num_hidden_layers": 24,
-            "num_attention_heads": 16,
-            "patch_size": 14,
-            "image_size": 336,
-            "hidden_act": "quick_gelu",
-        },
-    },
-    "convnext": {
-        "type": "convnext",
-        "image_mean": CLIP_MEAN,
-        "image_std": CLIP_STD,
-        "config": {"hidden_sizes": [384, 768, 1536, 3072], "depths": [3, 4, 30, 3], "layer_norm_eps": 1e-5},
-    },
-    "sam": {
-        "type": "sam",
-        "pixel_unshuffle": 2,
-        "image_mean": IMAGENET_MEAN,
-        "image_std": IMAGENET_STD,
-        "config": {
-            "hidden_size": 1024,
-            "num_hidden_layers": 24,
-            "num_attention_heads": 16,
-            "global_attn_indexes": [5, 11, 17, 23],
-            "mlp_dim": 4096,
-            "output_channels": 256,
-            "window_size": 14,
-            "image_size": 1024,
-            "patch_size": 16,
-        },
-    },
-    "eva02": {
-        "type": "eva02",
-        "image_mean": CLIP_MEAN,
-        "image_std": CLIP_STD,
-        "config": {
-            "hidden_size": 1024,
-            "num_hidden_layers": 24,
-            "num_attention_heads": 16,
-            "patch_size": 16,
-            "pretrain_image_size": 224,
-            "window_size": 16,
-        },
-    },
-    "pix2struct": {
-        "type": "pix2struct",
-        "config": {
-            "hidden_size": 1536,
-            "num_hidden_layers": 18,
-            "num_attention_heads": 24,
-            "d_kv": 64,
-            "d_ff": 3968,
-            "patch_embed_hidden_size": 768,
-            "seq_len": 4096,
-            "layer_norm_eps": 1e-6,
-            "dense_act_fn": "gelu_new",
-        },
-    },
-}
+from .configuration_eagle import (
+    CLIP_MEAN,
+    CLIP_STD,
+    DEFAULT_GRID_SIZE,
+    DEFAULT_IMAGE_SIZE,
+    EAGLE_X5_EXPERTS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RELEASED_EXPERTS,
+    VICUNA_7B,
+    EagleConfig,
+)
 
 TINY_EXPERTS = {
     "clip": {
@@ -252,18 +192,6 @@ SMALL_LLAMA = {
     "rms_norm_eps": 1e-5,
 }
 
-VICUNA_7B = {
-    "model_type": "llama",
-    "hidden_size": 4096,
-    "intermediate_size": 11008,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 32,
-    "max_position_embeddings": 4096,
-    "rms_norm_eps": 1e-5,
-    "vocab_size": 32000,
-}
-
 TINY_LLAMA = {
     "model_type": "llama",
     "hidden_size": 64,
@@ -275,12 +203,24 @@ TINY_LLAMA = {
     "rms_norm_eps": 1e-5,
 }
 
-X5 = ("clip", "convnext", "sam", "eva02", "pix2struct")
+X5 = EAGLE_X5_EXPERTS
 X4 = ("clip", "convnext", "eva02", "pix2struct")
 
 PRESETS = {
-    "eagle-x5": {"experts": X5, "table": FULL_EXPERTS, "text": VICUNA_7B, "grid_size": 32, "image_size": 448},
-    "eagle-x4": {"experts": X4, "table": FULL_EXPERTS, "text": VICUNA_7B, "grid_size": 32, "image_size": 448},
+    "eagle-x5": {
+        "experts": X5,
+        "table": RELEASED_EXPERTS,
+        "text": VICUNA_7B,
+        "grid_size": DEFAULT_GRID_SIZE,
+        "image_size": DEFAULT_IMAGE_SIZE,
+    },
+    "eagle-x4": {
+        "experts": X4,
+        "table": RELEASED_EXPERTS,
+        "text": VICUNA_7B,
+        "grid_size": DEFAULT_GRID_SIZE,
+        "image_size": DEFAULT_IMAGE_SIZE,
+    },
     "eagle-x5-small": {
         "experts": X5,
         "table": SMALL_EXPERTS,

@@ -19,6 +19,14 @@ def test_presets_have_the_documented_experts_and_grid():
     assert set(PRESETS) >= {"eagle-x5", "eagle-x4", "eagle-x5-tiny", "eagle-x4-tiny"}
 
 
+def test_default_config_is_the_eagle_x5_preset():
+    """`EagleConfig()` builds from defaults, as transformers' configs do: Eagle-X5-7B with the image token appended."""
+    default = EagleConfig()
+    assert default.to_dict() == eagle_config("eagle-x5").to_dict()
+    assert default.image_token_id == 32000 and default.text_config.vocab_size == 32001
+    assert EagleVisionConfig().experts == default.vision_config.experts
+
+
 def test_round_trip_through_dict_and_auto_config(tmp_path):
     config = eagle_config("eagle-x5-tiny", vocab_size=300, image_token_id=7, experts=["sam", "clip"])
     config.save_pretrained(tmp_path)
@@ -59,7 +67,5 @@ def test_duplicated_expert_names_and_bad_projector_and_token_are_refused():
         EagleConfig(vision_config=vision, projector_type="qformer")
     with pytest.raises(ValueError, match="outside the text model's vocabulary"):
         EagleConfig(vision_config=vision, text_config={"model_type": "llama", "vocab_size": 10}, image_token_id=50)
-    with pytest.raises(ValueError, match="needs a vision_config"):
-        EagleConfig()
     with pytest.raises(ValueError, match="unknown preset"):
         eagle_config("eagle-x9")
