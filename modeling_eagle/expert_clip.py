@@ -17,14 +17,28 @@ from .vision_expert import VisionExpert
 class ClipExpert(VisionExpert):
     expert_type = "clip"
     no_split_modules = ("CLIPEncoderLayer",)
+    # CLIP's attention goes through transformers' attention interface: every kernel.
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
 
     def __init__(self, spec: dict, attn_implementation: str = "sdpa"):
         super().__init__(spec, attn_implementation)
         self.config = CLIPVisionConfig(**spec["config"])
-        self.config._attn_implementation = attn_implementation
         self.embeddings = CLIPVisionEmbeddings(self.config)
         self.pre_layrnorm = nn.LayerNorm(self.config.hidden_size, eps=self.config.layer_norm_eps)
         self.encoder = CLIPEncoder(self.config)
+        self.set_attn_implementation(attn_implementation)
+
+    def set_attn_implementation(self, attn_implementation: str) -> None:
+        # The encoder's attention layers read the kernel from this (shared) config on every call.
+        self.config._attn_implementation = attn_implementation
+
+    def block_modules(self) -> list[nn.Module]:
+        return list(self.encoder.layers)
+
+    def attention_modules(self) -> list[nn.Module]:
+        return [layer.self_attn for layer in self.encoder.layers]
 
     @property
     def out_channels(self) -> int:

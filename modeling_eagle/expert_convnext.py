@@ -14,23 +14,45 @@ from transformers.models.convnext.modeling_convnext import ConvNextEmbeddings, C
 from .vision_expert import VisionExpert
 
 
+class ConvNextExpertEncoder(ConvNextEncoder):
+    """transformers' ConvNeXt encoder, which is a `PreTrainedModel` of its own: transformers sets the attention kernel
+    of every such submodel when the model's is set. ConvNeXt has no attention and runs the same under any kernel,
+    which these flags say (transformers' ConvNeXt leaves them off, and would refuse the model-wide switch)."""
+
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+
+
 class ConvNextExpert(VisionExpert):
     expert_type = "convnext"
     no_split_modules = ("ConvNextLayer",)
     gradient_checkpointing = False
+    # No attention: every kernel.
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
 
     def __init__(self, spec: dict, attn_implementation: str = "sdpa"):
         super().__init__(spec, attn_implementation)
         kwargs = {"layer_norm_eps": 1e-5, **spec["config"]}
         self.config = ConvNextConfig(**kwargs)
+        # The encoder's config follows the tower's kernel, as every submodel's does in transformers.
+        self.set_attn_implementation(attn_implementation)
         self.embeddings = ConvNextEmbeddings(self.config)
-        self.encoder = ConvNextEncoder(self.config)
+        self.encoder = ConvNextExpertEncoder(self.config)
         for module in self.modules():
             if isinstance(module, nn.LayerNorm):
                 module.eps = self.config.layer_norm_eps
             if isinstance(module, ConvNextLayer):  # weights are initialised after construction, without the config
                 module.layer_scale_init_value = self.config.layer_scale_init_value
         self.channels_last = False
+
+    def set_attn_implementation(self, attn_implementation: str) -> None:
+        self.config._attn_implementation = attn_implementation
+
+    def block_modules(self) -> list[nn.Module]:
+        return [layer for stage in self.encoder.stages for layer in stage.layers]
 
     @property
     def out_channels(self) -> int:

@@ -216,7 +216,7 @@ class Eva02Attention(nn.Module):
             attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
                 self.attn_implementation, eager_attention_forward
             )
-        attn_output, _ = attention_interface(
+        attn_output, attn_weights = attention_interface(
             self,
             query,
             key,
@@ -226,7 +226,7 @@ class Eva02Attention(nn.Module):
             scaling=self.scaling,
         )
         attn_output = attn_output.reshape(batch, height * width, channels)
-        return self.proj(attn_output).view(batch, height, width, channels)
+        return self.proj(attn_output).view(batch, height, width, channels), attn_weights
 
 
 class Eva02SwiGLU(nn.Module):
@@ -271,7 +271,7 @@ class Eva02Block(GradientCheckpointingLayer):
         if self.window_size > 0:
             height, width = hidden_states.shape[1], hidden_states.shape[2]
             hidden_states, padded_hw = window_partition(hidden_states, self.window_size)
-        hidden_states = self.attn(hidden_states, position_embeddings)
+        hidden_states, _ = self.attn(hidden_states, position_embeddings)
         if self.window_size > 0:
             hidden_states = window_unpartition(hidden_states, self.window_size, padded_hw, (height, width))
         hidden_states = shortcut + hidden_states
@@ -297,6 +297,10 @@ class Eva02Expert(VisionExpert):
 
     expert_type = "eva02"
     no_split_modules = ("Eva02Block",)
+    # Unmasked attention through transformers' attention interface: every kernel.
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
 
     def __init__(self, spec: dict, attn_implementation: str = "sdpa"):
         super().__init__(spec, attn_implementation)
@@ -362,9 +366,14 @@ class Eva02Expert(VisionExpert):
     def set_attn_implementation(self, attn_implementation: str) -> None:
         """Switch every block's attention kernel (``"eager"``, ``"sdpa"``, or any registered interface)."""
         self.attn_implementation = attn_implementation
-        for module in self.modules():
-            if isinstance(module, Eva02Attention):
-                module.attn_implementation = attn_implementation
+        for block in self.blocks:
+            block.attn.attn_implementation = attn_implementation
+
+    def block_modules(self) -> list[nn.Module]:
+        return list(self.blocks)
+
+    def attention_modules(self) -> list[nn.Module]:
+        return [block.attn for block in self.blocks]
 
     @classmethod
     def init_module(cls, module: nn.Module, std: float) -> None:

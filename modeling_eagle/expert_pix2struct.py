@@ -8,6 +8,7 @@ RMS norm; the first ``side * side`` rows are the real patches of the square imag
 import math
 
 import torch
+from torch import nn
 from transformers import Pix2StructVisionConfig
 from transformers.models.pix2struct.modeling_pix2struct import (
     Pix2StructLayerNorm,
@@ -21,18 +22,30 @@ from .vision_expert import VisionExpert
 class Pix2StructExpert(VisionExpert):
     expert_type = "pix2struct"
     no_split_modules = ("Pix2StructVisionLayer",)
+    # As transformers' Pix2Struct: its attention interface takes SDPA and flex attention, but no flash kernel.
+    _supports_sdpa = True
+    _supports_flex_attn = True
 
     def __init__(self, spec: dict, attn_implementation: str = "sdpa"):
         super().__init__(spec, attn_implementation)
         self.config = Pix2StructVisionConfig(**spec["config"])
-        # T5-style attention has no flash path in transformers; SDPA is the fast one.
-        self.config._attn_implementation = "eager" if attn_implementation == "eager" else "sdpa"
         self.max_patches = int(spec["max_patches"])
         # The processor hands square images, so the patch grid is isqrt(max_patches) on each side.
         self.side = math.isqrt(self.max_patches)
         self.embeddings = Pix2StructVisionEmbeddings(self.config)
         self.encoder = Pix2StructVisionEncoder(self.config)
         self.layernorm = Pix2StructLayerNorm(self.config.hidden_size, eps=self.config.layer_norm_eps)
+        self.set_attn_implementation(attn_implementation)
+
+    def set_attn_implementation(self, attn_implementation: str) -> None:
+        # The encoder's attention layers read the kernel from this (shared) config on every call.
+        self.config._attn_implementation = attn_implementation
+
+    def block_modules(self) -> list[nn.Module]:
+        return list(self.encoder.layer)
+
+    def attention_modules(self) -> list[nn.Module]:
+        return [layer.attention for layer in self.encoder.layer]
 
     @property
     def out_channels(self) -> int:
@@ -42,16 +55,21 @@ class Pix2StructExpert(VisionExpert):
         return self.side, self.side
 
     def key_padding_mask(self, pixel_values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """``(B, 1, 1, max_patches)``: boolean (True = attend) for SDPA, additive for eager.
+        """``(B, 1, 1, max_patches)``: boolean (True = attend) for SDPA, additive for the other kernels.
 
         Built with tensor ops only: transformers' ``create_bidirectional_mask`` asks ``mask.all()`` to drop a
         padding-free mask, a device-to-host sync on every forward (and a graph break under ``torch.compile``).
         Real patches carry a 1-based row id; padding rows are all zero.
         """
         real = (pixel_values[:, :, 0] > 0)[:, None, None, :]
-        if self.config._attn_implementation == "sdpa":
+        implementation = self.config._attn_implementation
+        if implementation == "sdpa":
             return real
-        return torch.zeros(real.shape, dtype=dtype, device=real.device).masked_fill(~real, torch.finfo(dtype).min)
+        additive = torch.zeros(real.shape, dtype=dtype, device=real.device).masked_fill(~real, torch.finfo(dtype).min)
+        if implementation == "flex_attention":
+            # transformers' flex path indexes the mask by query position: one row per query (a broadcast view).
+            additive = additive.expand(-1, -1, real.shape[-1], -1)
+        return additive
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         patches = pixel_values.to(self.embeddings.patch_projection.weight.dtype)

@@ -55,32 +55,37 @@ class _RelativePositionsOnDevice:
         return resized[relative_coords.long()]
 
 
-class SamExpertAttention(_RelativePositionsOnDevice, SamVisionAttention):
-    pass
+class SamExpertAttention(_RelativePositionsOnDevice, SamVisionSdpaAttention):
+    """transformers' SAM attention, eager or SDPA as the expert's config says at each call, so that the kernel can be
+    switched on a built model (transformers picks one of two classes at construction)."""
 
+    def __init__(self, config: SamVisionConfig, window_size: int):
+        super().__init__(config, window_size)
+        self.config = config
 
-class SamExpertSdpaAttention(_RelativePositionsOnDevice, SamVisionSdpaAttention):
-    pass
-
-
-_ATTENTION = {"eager": SamExpertAttention, "sdpa": SamExpertSdpaAttention}
+    def forward(self, hidden_states: torch.Tensor, output_attentions=None, **kwargs):
+        if self.config._attn_implementation == "sdpa":
+            return SamVisionSdpaAttention.forward(self, hidden_states)
+        return SamVisionAttention.forward(self, hidden_states)
 
 
 def _sam_layer(config: SamVisionConfig, window_size: int) -> SamVisionLayer:
     layer = SamVisionLayer(config, window_size=window_size)
-    layer.attn = _ATTENTION[config._attn_implementation](config, window_size)
+    layer.attn = SamExpertAttention(config, window_size)
     return layer
 
 
 class SamExpert(VisionExpert):
     expert_type = "sam"
     no_split_modules = ("SamVisionLayer",)
+    # Relative-position biases rule out flash and flex kernels (as in transformers' SAM); SDPA with a bias is the
+    # fast path.
+    _supports_sdpa = True
 
     def __init__(self, spec: dict, attn_implementation: str = "sdpa"):
         super().__init__(spec, attn_implementation)
         self.config = SamVisionConfig(**spec["config"])
-        # Relative-position biases rule out flash kernels; SDPA with a bias is the fast path.
-        self.config._attn_implementation = "eager" if attn_implementation == "eager" else "sdpa"
+        self.set_attn_implementation(attn_implementation)
         config = self.config
         self.patch_embed = SamPatchEmbeddings(config)
         side = config.image_size // config.patch_size
@@ -90,6 +95,16 @@ class SamExpert(VisionExpert):
             for i in range(config.num_hidden_layers)
         )
         self.neck = SamShortNeck(config.hidden_size, config.output_channels)
+
+    def set_attn_implementation(self, attn_implementation: str) -> None:
+        # The attention layers read the kernel from this (shared) config on every call.
+        self.config._attn_implementation = attn_implementation
+
+    def block_modules(self) -> list[nn.Module]:
+        return list(self.layers)
+
+    def attention_modules(self) -> list[nn.Module]:
+        return [layer.attn for layer in self.layers]
 
     @property
     def out_channels(self) -> int:

@@ -22,11 +22,30 @@ class VisionExpert(nn.Module):
     # Module class names that must never be split across devices (``device_map``) or that take
     # gradient checkpointing; collected by the tower.
     no_split_modules: tuple[str, ...] = ()
+    # The attention kernels the expert can run, under transformers' names for its capability flags: the tower
+    # reports a kernel as supported when every configured expert has it. An expert without attention has them all.
+    _supports_sdpa: bool = False
+    _supports_flash_attn: bool = False
+    _supports_flex_attn: bool = False
 
     def __init__(self, spec: dict, attn_implementation: str = "sdpa"):
         super().__init__()
         self.spec = spec
         self.image_size = int(spec["image_size"])
+
+    def set_attn_implementation(self, attn_implementation: str) -> None:
+        """Run attention with this kernel from now on (``"eager"``, ``"sdpa"``, or one the flags above allow).
+        The tower calls it whenever the vision config's implementation changes; experts without attention ignore it."""
+
+    def block_modules(self) -> list[nn.Module]:
+        """The expert's blocks in order. Its hidden states (``output_hidden_states``) are the first block's input and
+        every block's output, as the modules compute them (each architecture's own layout)."""
+        raise NotImplementedError
+
+    def attention_modules(self) -> list[nn.Module]:
+        """The attention modules, each returning ``(output, attention weights)`` (the weights only under eager
+        attention), for ``output_attentions``; none for an expert without attention."""
+        return []
 
     @property
     def out_channels(self) -> int:

@@ -408,12 +408,12 @@ def test_no_sync_check_catches_cpu_tensors_fed_to_device_ops(monkeypatch):
     """transformers' SAM attention indexes its relative-position table with a CPU tensor: on a GPU a blocking copy
     in every layer (an H200 run of ``eagle bench --preset x5-7b`` failed the bar on it). The meta-device check
     must see it on a CPU, and the SAM expert's own attention must not do it."""
-    from transformers.models.sam.modeling_sam import SamVisionAttention, SamVisionSdpaAttention
+    from transformers.models.sam.modeling_sam import SamVisionAttention
 
     import eagle_hub.modeling_eagle.expert_sam as expert_sam
 
     assert check_no_sync("small")["pass"] is True
-    monkeypatch.setattr(expert_sam, "_ATTENTION", {"eager": SamVisionAttention, "sdpa": SamVisionSdpaAttention})
+    monkeypatch.setattr(expert_sam.SamExpertAttention, "get_rel_pos", SamVisionAttention.get_rel_pos)
     result = check_no_sync("small")
     assert result["pass"] is False and "aten.index.Tensor" in result["measured"]
 
