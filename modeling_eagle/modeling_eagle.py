@@ -6,7 +6,9 @@ single ``pixel_values`` kwarg holding a list with one tensor per expert, so ``ge
 trainers move, cast and drop them like any other image input.
 """
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import wraps
 from typing import Any
 
 import torch
@@ -15,7 +17,9 @@ from transformers import AutoModel, GenerationMixin, PreTrainedModel, modeling_o
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.utils import ModelOutput, logging
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple, logging, torch_compilable_check
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_eagle import EagleConfig, EagleVisionConfig
 from .expert_clip import ClipExpert
@@ -30,6 +34,22 @@ logger = logging.get_logger(__name__)
 # transformers 5.24 renamed the KV cache from `past_key_values` to `cache` (kwarg and output field). Eagle speaks
 # whichever the installed version speaks, so one checkpoint's remote code runs on both sides of the rename.
 CACHE_NAME = "cache" if hasattr(modeling_outputs, "MultimodalBaseModelOutputWithPast") else "past_key_values"
+
+
+def accepts_past_key_values(forward):
+    """Eagle's forwards take the KV cache as `cache`. Since the rename, `past_key_values` still works with the
+    FutureWarning transformers' own models give; before it, `past_key_values` is the name generation and trainers
+    use, so it is taken silently."""
+    if CACHE_NAME == "cache":
+        return deprecate_kwarg("past_key_values", version="5.40.0", new_name="cache")(forward)
+
+    @wraps(forward)
+    def forward_with_past_key_values(*args, past_key_values=None, **kwargs):
+        if past_key_values is not None:
+            kwargs.setdefault("cache", past_key_values)
+        return forward(*args, **kwargs)
+
+    return forward_with_past_key_values
 
 
 def _output_class(name: str, fields: tuple[str, ...], doc: str) -> type[ModelOutput]:
@@ -70,11 +90,60 @@ def merge_expert_inputs(pixel_values):
 
 @dataclass
 class EagleVisionTowerOutput(ModelOutput):
-    """``last_hidden_state``: (B, grid**2, sum of expert channels), experts concatenated in config order.
-    ``expert_features``: per-expert (B, grid**2, C_e) maps on the grid, by expert name, when asked for."""
+    """What the mixture computes; every per-expert field is a dict keyed by expert name, in config order.
+
+    - ``last_hidden_state``: (B, grid**2, sum of expert channels), experts concatenated in config order.
+    - ``expert_features``: with ``return_expert_features``, each expert's (B, grid**2, C_e) map on the grid.
+    - ``hidden_states``: with ``output_hidden_states``, each expert's tuple of hidden states: its first block's input,
+      then every block's output (``num_hidden_layers + 1`` for the transformer experts, one per ConvNeXt block
+      plus one), each in the expert's own layout ((B, N, C) for CLIP and Pix2Struct, (B, H, W, C) for SAM and
+      EVA-02, (B, C, H, W) for ConvNeXt).
+    - ``attentions``: with ``output_attentions``, each expert's tuple of attention maps, one per attention layer
+      (``None`` entries unless the attention runs eager; an empty tuple for ConvNeXt, which has no attention).
+    """
 
     last_hidden_state: torch.FloatTensor | None = None
     expert_features: dict[str, torch.FloatTensor] | None = None
+    hidden_states: dict[str, tuple[torch.FloatTensor, ...]] | None = None
+    attentions: dict[str, tuple[torch.FloatTensor | None, ...]] | None = None
+
+
+@dataclass
+class EagleImageFeaturesOutput(BaseModelOutputWithPooling):
+    """``get_image_features``' output: the tower's outputs (see ``EagleVisionTowerOutput``, including the per-expert
+    ``hidden_states`` and ``attentions`` dicts) and ``pooler_output``, a list with one (grid**2, text hidden size)
+    projected tensor per image: what the language model receives in the image tokens' places."""
+
+    expert_features: dict[str, torch.FloatTensor] | None = None
+
+
+@contextmanager
+def recorded_outputs(expert: VisionExpert, hidden_states: bool, attentions: bool):
+    """Collect an expert's hidden states and attention maps while it runs, through forward hooks on its blocks and
+    attention modules, so each expert's forward stays a plain pixels-to-feature-map function."""
+    record = {"hidden_states": [], "attentions": []}
+
+    def first_input(module, args, kwargs):
+        record["hidden_states"].append(args[0] if args else kwargs["hidden_states"])
+
+    def block_output(module, args, output):
+        record["hidden_states"].append(output[0] if isinstance(output, tuple) else output)
+
+    def attention_weights(module, args, output):
+        record["attentions"].append(output[1])
+
+    handles = []
+    if hidden_states:
+        blocks = expert.block_modules()
+        handles.append(blocks[0].register_forward_pre_hook(first_input, with_kwargs=True))
+        handles += [block.register_forward_hook(block_output) for block in blocks]
+    if attentions:
+        handles += [module.register_forward_hook(attention_weights) for module in expert.attention_modules()]
+    try:
+        yield record
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class EaglePreTrainedModel(PreTrainedModel):
@@ -88,14 +157,23 @@ class EaglePreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    # The whole forward, image path included, traces without a graph break (`torch.compile(fullgraph=True)`).
+    _can_compile_fullgraph = True
     _no_split_modules = sorted({name for cls in EXPERT_CLASSES.values() for name in cls.no_split_modules})
     _skip_keys_device_placement = ["cache", "past_key_values"]
 
     def _init_weights(self, module):
         super()._init_weights(module)
         std = getattr(self.config, "initializer_range", 0.02)
-        for expert_class in EXPERT_CLASSES.values():
-            expert_class.init_module(module, std)
+        for vision_expert_class in EXPERT_CLASSES.values():
+            vision_expert_class.init_module(module, std)
+
+    def set_attn_implementation(self, attn_implementation, *args, **kwargs):
+        super().set_attn_implementation(attn_implementation, *args, **kwargs)
+        # transformers has set the vision config's kernel; the experts take theirs from their own configs.
+        for module in self.modules():
+            if isinstance(module, EagleVisionTower):
+                module.dispatch_attn_implementation()
 
 
 class EagleVisionTower(EaglePreTrainedModel):
@@ -110,10 +188,12 @@ class EagleVisionTower(EaglePreTrainedModel):
     base_model_prefix = "vision_tower"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
+    # SAM's attention does not go through transformers' attention interface.
+    _supports_attention_backend = False
 
     def __init__(self, config: EagleVisionConfig):
         super().__init__(config)
-        attn = config._attn_implementation or "sdpa"
+        attn = config._attn_implementation
         self.experts = nn.ModuleDict(
             {spec["name"]: EXPERT_CLASSES[spec["type"]](spec, attn_implementation=attn) for spec in config.experts}
         )
@@ -121,12 +201,34 @@ class EagleVisionTower(EaglePreTrainedModel):
         self.frozen_experts: set[str] = set()
         self.post_init()
 
+    # The capability flags transformers reads before it gives the tower an attention kernel: a kernel is supported
+    # when every configured expert has it (SAM has no flash or flex path, Pix2Struct no flash path).
+    def _experts_support(self, flag: str) -> bool:
+        return all(getattr(EXPERT_CLASSES[spec["type"]], flag) for spec in self.config.experts)
+
+    @property
+    def _supports_sdpa(self) -> bool:
+        return self._experts_support("_supports_sdpa")
+
+    @property
+    def _supports_flash_attn(self) -> bool:
+        return self._experts_support("_supports_flash_attn")
+
+    @property
+    def _supports_flex_attn(self) -> bool:
+        return self._experts_support("_supports_flex_attn")
+
+    def dispatch_attn_implementation(self) -> None:
+        """Give every expert the vision config's attention kernel (after `set_attn_implementation`)."""
+        for vision_expert in self.experts.values():
+            vision_expert.set_attn_implementation(self.config._attn_implementation)
+
     def freeze_experts(self, names) -> None:
         """Freeze these experts (all others become trainable): no gradients, eval mode even while the model
         trains, and their forward builds no autograd graph."""
         self.frozen_experts = set(names)
-        for name, expert in self.experts.items():
-            expert.requires_grad_(name not in self.frozen_experts)
+        for name, vision_expert in self.experts.items():
+            vision_expert.requires_grad_(name not in self.frozen_experts)
         self.train(self.training)
 
     def train(self, mode: bool = True):
@@ -141,14 +243,14 @@ class EagleVisionTower(EaglePreTrainedModel):
         Off by default: it changes the weights' strides, which not every sharding or weight-handling tool expects;
         ``eagle bench`` measures what it gains on your device.
         """
-        for expert in self.experts.values():
-            if hasattr(expert, "set_channels_last"):
-                expert.set_channels_last(enabled)
+        for vision_expert in self.experts.values():
+            if hasattr(vision_expert, "set_channels_last"):
+                vision_expert.set_channels_last(enabled)
 
     def expert_channels(self) -> dict[str, int]:
         """Channels each expert contributes on the grid (after its pixel_unshuffle)."""
         return {
-            name: expert.out_channels * expert.spec["pixel_unshuffle"] ** 2 for name, expert in self.experts.items()
+            name: module.out_channels * module.spec["pixel_unshuffle"] ** 2 for name, module in self.experts.items()
         }
 
     @property
@@ -173,30 +275,52 @@ class EagleVisionTower(EaglePreTrainedModel):
                 f"pixel_values must be a list with one tensor per vision expert ({', '.join(names)}), got {got}; "
                 "make the inputs with this model's EagleProcessor / EagleImageProcessor"
             )
-        batch = {tuple(p.shape[:1]) for p in pixel_values}
-        if len(batch) != 1:
-            sizes = {name: p.shape[0] for name, p in zip(names, pixel_values)}
-            raise ValueError(f"pixel_values hold different image counts per expert: {sizes}")
+        # One check per expert, not a set of shapes: traced image counts are symbolic and cannot be hashed, and each
+        # check tells torch.compile/export that the counts are equal.
+        counts = [pixels.shape[0] for pixels in pixel_values]
+        for count in counts[1:]:
+            torch_compilable_check(
+                count == counts[0],
+                lambda: f"pixel_values hold different image counts per expert: {dict(zip(names, counts))}",
+            )
 
+    @can_return_tuple
     def forward(
-        self, pixel_values: list[torch.Tensor], return_expert_features: bool = False, **kwargs
+        self,
+        pixel_values: list[torch.Tensor],
+        return_expert_features: bool = False,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> EagleVisionTowerOutput:
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
         pixel_values = merge_expert_inputs(pixel_values)
         self.check_pixel_values(pixel_values)
-        on_grid = {}
+        on_grid, hidden_states, attentions = {}, {}, {}
         device = None
-        for (name, expert), pixels in zip(self.experts.items(), pixel_values):
+        for (name, vision_expert), pixels in zip(self.experts.items(), pixel_values):
             # A frozen expert builds no graph. no_grad, not inference_mode: sharded training (FSDP, ZeRO-3) gathers
             # and frees weights inside the experts' forward hooks, and tensors made in inference mode could not be
             # updated outside it. Under the caller's inference_mode (as `eagle generate` runs) everything runs in it.
-            with torch.set_grad_enabled(torch.is_grad_enabled() and name not in self.frozen_experts):
-                grid = self.to_grid(expert(pixels), expert.spec["pixel_unshuffle"])
+            with (
+                torch.set_grad_enabled(torch.is_grad_enabled() and name not in self.frozen_experts),
+                recorded_outputs(vision_expert, output_hidden_states, output_attentions) as record,
+            ):
+                grid = self.to_grid(vision_expert(pixels), vision_expert.spec["pixel_unshuffle"])
             # Under a device_map the experts may sit on different devices; the fused map lives with the first.
             device = device or grid.device
             on_grid[name] = grid.to(device)
+            hidden_states[name] = tuple(record["hidden_states"])
+            attentions[name] = tuple(record["attentions"])
         fused = torch.cat(list(on_grid.values()), dim=-1)
         return EagleVisionTowerOutput(
-            last_hidden_state=fused, expert_features=on_grid if return_expert_features else None
+            last_hidden_state=fused,
+            expert_features=on_grid if return_expert_features else None,
+            hidden_states=hidden_states if output_hidden_states else None,
+            attentions=attentions if output_attentions else None,
         )
 
 
@@ -234,48 +358,74 @@ class EagleModel(EaglePreTrainedModel):
     def set_input_embeddings(self, value):
         self.language_model.set_input_embeddings(value)
 
+    @can_return_tuple
     def get_image_features(
-        self, pixel_values: list[torch.Tensor], return_expert_features: bool = False, **kwargs
-    ) -> BaseModelOutputWithPooling:
-        """Tower + projector. ``pooler_output`` is a list with one (grid**2, hidden) tensor per image."""
-        tower = self.vision_tower(pixel_values, return_expert_features=return_expert_features)
+        self,
+        pixel_values: list[torch.Tensor],
+        return_expert_features: bool = False,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> EagleImageFeaturesOutput:
+        """Tower + projector. ``pooler_output`` is a list with one (grid**2, hidden) tensor per image; the mixture's
+        per-expert hidden states and attention maps come as dicts keyed by expert name (``EagleVisionTowerOutput``).
+        ``output_hidden_states``/``output_attentions`` default to the vision config's."""
+        tower = self.vision_tower(
+            pixel_values,
+            return_expert_features=return_expert_features,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
         projected = self.multi_modal_projector(
             tower.last_hidden_state.to(self.multi_modal_projector.linear_1.weight.dtype)
         )
-        output = BaseModelOutputWithPooling(last_hidden_state=tower.last_hidden_state, pooler_output=list(projected))
-        if return_expert_features:
-            output["expert_features"] = tower.expert_features
-        return output
+        return EagleImageFeaturesOutput(
+            last_hidden_state=tower.last_hidden_state,
+            pooler_output=list(projected),
+            hidden_states=tower.hidden_states,
+            attentions=tower.attentions,
+            expert_features=tower.expert_features,
+        )
+
+    def image_token_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """(batch, sequence) mask of the image placeholders, found by id or, for a prompt given as embeddings, by
+        the image token's embedding."""
+        if input_ids is not None:
+            return input_ids == self.config.image_token_id
+        image_embedding = self.get_input_embeddings()(
+            torch.tensor(self.config.image_token_id, dtype=torch.long, device=inputs_embeds.device)
+        )
+        return (inputs_embeds == image_embedding).all(-1)
 
     def get_placeholder_mask(
         self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, image_features: torch.Tensor
     ) -> torch.Tensor:
-        if input_ids is None:
-            image_embedding = self.get_input_embeddings()(
-                torch.tensor(self.config.image_token_id, dtype=torch.long, device=inputs_embeds.device)
-            )
-            mask = (inputs_embeds == image_embedding).all(-1)
-        else:
-            mask = input_ids == self.config.image_token_id
+        mask = self.image_token_mask(input_ids, inputs_embeds)
         n_image_tokens = mask.sum()
-        n_image_features = image_features.shape[0] * image_features.shape[1]
-        # The message is the one TRL recognises to suggest raising max_length (HF-STACK 1.4).
-        if n_image_tokens * inputs_embeds.shape[-1] != image_features.numel():
-            raise ValueError(
+        # The message is the one TRL recognises to suggest raising max_length (HF-STACK 1.4). A tensor check, not
+        # `if`: it reads no value back from the device and compiles without a graph break.
+        torch_compilable_check(
+            n_image_tokens * inputs_embeds.shape[-1] == image_features.numel(),
+            lambda: (
                 f"Image features and image tokens do not match, tokens: {int(n_image_tokens)}, "
-                f"features: {n_image_features} ({self.config.image_seq_length} tokens per image); "
-                "each image needs exactly one expanded image placeholder in the prompt: build inputs with the "
-                "EagleProcessor, and do not truncate prompts through image tokens"
-            )
+                f"features: {image_features.shape[0] * image_features.shape[1]} "
+                f"({self.config.image_seq_length} tokens per image); each image needs exactly one expanded image "
+                "placeholder in the prompt: build inputs with the EagleProcessor, and do not truncate prompts "
+                "through image tokens"
+            ),
+        )
         return mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device)
 
     @staticmethod
-    def _is_prefill(cache: Cache | None) -> bool:
+    def is_prefill(cache: Cache | None) -> bool:
         """Whether nothing is cached yet. A static cache reports its length as a tensor once written to: reading
         it would sync with the device (and break a compiled decode step), and only a continuation has one."""
         length = cache.get_seq_length() if cache is not None else 0
         return not isinstance(length, torch.Tensor) and length == 0
 
+    @can_return_tuple
+    @accepts_past_key_values
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -285,35 +435,37 @@ class EagleModel(EaglePreTrainedModel):
         cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
-        past_key_values: Cache | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> EagleModelOutputWithPast:
+        """Without ``pixel_values``, image placeholder tokens are embedded as ordinary tokens, as in LLaVA: a prompt
+        reaches the model without its images whenever generation has already encoded them (the steps after the
+        prefill, an assistant model's drafts), and checking every step would read the prompt back from the device.
+        Inputs from users are checked by the EagleProcessor, which refuses placeholders without images."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
         if (input_ids if input_ids is not None else inputs_embeds).shape[1] == 0:
             raise ValueError("The prompt is empty (no tokens); give some text, or an image with its <image> token")
-        cache = cache if cache is not None else past_key_values
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
         image_outputs = None
         if pixel_values is not None:
-            image_outputs = self.get_image_features(pixel_values)
+            image_outputs = self.get_image_features(
+                pixel_values,
+                output_hidden_states=kwargs.get("output_hidden_states"),
+                output_attentions=kwargs.get("output_attentions"),
+                return_dict=True,
+            )
             image_features = torch.stack(image_outputs.pooler_output).to(inputs_embeds.device, inputs_embeds.dtype)
             mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
             inputs_embeds = inputs_embeds.masked_scatter(mask, image_features)
-        elif input_ids is not None and self._is_prefill(cache):
-            if (input_ids == self.config.image_token_id).any():
-                raise ValueError(
-                    "The prompt has image tokens but no pixel_values were given; pass the images to the processor "
-                    "together with the text"
-                )
 
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            return_dict=True,
             **{CACHE_NAME: cache},
             **kwargs,
         )
@@ -360,9 +512,13 @@ class EagleForConditionalGeneration(EaglePreTrainedModel, GenerationMixin):
     def language_model(self) -> nn.Module:
         return self.model.language_model
 
-    def get_image_features(self, pixel_values: list[torch.Tensor], **kwargs) -> BaseModelOutputWithPooling:
+    def get_image_features(
+        self, pixel_values: list[torch.Tensor], **kwargs: Unpack[TransformersKwargs]
+    ) -> EagleImageFeaturesOutput:
         return self.model.get_image_features(pixel_values, **kwargs)
 
+    @can_return_tuple
+    @accepts_past_key_values
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -374,17 +530,17 @@ class EagleForConditionalGeneration(EaglePreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        past_key_values: Cache | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> EagleCausalLMOutputWithPast:
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache if cache is not None else past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            return_dict=True,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -406,6 +562,21 @@ class EagleForConditionalGeneration(EaglePreTrainedModel, GenerationMixin):
             image_outputs=outputs.image_outputs,
         )
 
+    def prepare_inputs_for_generation(self, input_ids, inputs_embeds=None, pixel_values=None, **kwargs):
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids, inputs_embeds=inputs_embeds, pixel_values=pixel_values, **kwargs
+        )
+        # generate passes the images on its first step only, and not even then to an assistant model: an Eagle
+        # drafting for another model would never see them. Its cache is empty exactly when the prompt, images
+        # included, has not been encoded yet.
+        if (
+            pixel_values is not None
+            and "pixel_values" not in model_inputs
+            and EagleModel.is_prefill(kwargs.get(CACHE_NAME))
+        ):
+            model_inputs["pixel_values"] = pixel_values
+        return model_inputs
+
     def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
         # The generic version repeats only top-level tensors; the per-expert list needs the same treatment.
         pixel_values = merge_expert_inputs(model_kwargs.pop("pixel_values", None))
@@ -413,15 +584,18 @@ class EagleForConditionalGeneration(EaglePreTrainedModel, GenerationMixin):
             expand_size=expand_size, is_encoder_decoder=is_encoder_decoder, input_ids=input_ids, **model_kwargs
         )
         if pixel_values is not None and expand_size > 1:
-            pixel_values = self._repeat_images_per_sequence(pixel_values, input_ids, expand_size)
+            # A prompt given as embeddings comes with an empty input_ids: its placeholders are found by embedding.
+            prompt_ids = input_ids if input_ids is not None and input_ids.shape[1] > 0 else None
+            is_image = self.model.image_token_mask(prompt_ids, model_kwargs.get("inputs_embeds"))
+            pixel_values = self._repeat_images_per_sequence(pixel_values, is_image, expand_size)
         if pixel_values is not None:
             model_kwargs["pixel_values"] = pixel_values
         return input_ids, model_kwargs
 
-    def _repeat_images_per_sequence(self, pixel_values, input_ids, expand_size):
-        """Repeat each prompt's images ``expand_size`` times, keeping prompts' images contiguous."""
-        per_image = self.config.image_seq_length
-        counts = ((input_ids == self.config.image_token_id).sum(-1) // per_image)[::expand_size].tolist()
+    def _repeat_images_per_sequence(self, pixel_values, is_image: torch.Tensor, expand_size: int):
+        """Repeat each prompt's images ``expand_size`` times, keeping prompts' images contiguous. ``is_image`` marks
+        the image placeholders of the already expanded prompts."""
+        counts = (is_image.sum(-1) // self.config.image_seq_length)[::expand_size].tolist()
         out = []
         for pixels in pixel_values:
             chunks = torch.split(pixels, counts)
@@ -432,6 +606,7 @@ class EagleForConditionalGeneration(EaglePreTrainedModel, GenerationMixin):
 __all__ = [
     "QUANTIZATION_SKIP_MODULES",
     "EagleForConditionalGeneration",
+    "EagleImageFeaturesOutput",
     "EagleModel",
     "EaglePreTrainedModel",
     "EagleVisionTower",

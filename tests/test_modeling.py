@@ -156,12 +156,25 @@ def test_mismatched_image_tokens_and_images_raise_clear_errors(tester, model):
     one_image = [p[:1] for p in inputs["pixel_values"]]
     with pytest.raises(ValueError, match="Image features and image tokens do not match, tokens: 32, features: 16"):
         model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], pixel_values=one_image)
-    with pytest.raises(ValueError, match="no pixel_values were given"):
-        model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
     with pytest.raises(ValueError, match="one tensor per vision expert"):
         model(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"][:3])
     with pytest.raises(ValueError, match="different image counts per expert"):
         model(input_ids=inputs["input_ids"], pixel_values=[inputs["pixel_values"][0][:1]] + inputs["pixel_values"][1:])
+
+
+def test_image_placeholders_without_pixel_values_are_ordinary_tokens(tester, model, processor):
+    """As in LLaVA, the model embeds image placeholders as tokens when no images come with them (generation's steps
+    after the prefill, an assistant model's drafts); the processor refuses a user's placeholders without images."""
+    inputs = tester.inputs()
+    with torch.no_grad():
+        by_ids = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+        embeds = model.get_input_embeddings()(inputs["input_ids"])
+        by_embeds = model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"]).logits
+    assert torch.isfinite(by_ids).all()
+    torch.testing.assert_close(by_ids, by_embeds)
+    prompt = processor.apply_chat_template(chat("What colour is it?"), add_generation_prompt=True)
+    with pytest.raises(ValueError, match=r"1 '<image>' placeholder\(s\) but 0 image\(s\)"):
+        processor(text=[prompt], return_tensors="pt")
 
 
 def test_inputs_embeds_path_matches_input_ids(tester, model):

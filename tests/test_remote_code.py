@@ -13,7 +13,7 @@ import eagle_hub.modeling_eagle as modeling_eagle
 
 HERE = Path(__file__).resolve().parent
 DECLARED = {"torch", "transformers", "safetensors", "huggingface_hub", "numpy", "PIL", "tokenizers"}
-STDLIB_ALLOWED = {"math", "copy", "dataclasses", "typing", "collections", "functools", "itertools"}
+STDLIB_ALLOWED = {"math", "copy", "contextlib", "dataclasses", "typing", "collections", "functools", "itertools"}
 FORBIDDEN_CALLS = {"eval", "exec", "open", "compile", "__import__"}
 FORBIDDEN_MODULES = {"subprocess", "socket", "urllib", "requests", "httpx", "os", "shutil", "pathlib", "pickle"}
 
