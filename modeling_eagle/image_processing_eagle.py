@@ -194,14 +194,16 @@ def _pix2struct_grid(height: int, width: int, max_patches: int, patch: int) -> t
     return rows, cols
 
 
-def _pix2struct_patches(pixels: torch.Tensor, max_patches: int, patch: int) -> torch.Tensor:
-    """Pix2Struct's flattened patches of ``pixels`` (n, 3, H, W) float 0..255 -> (n, max_patches, 2 + 3*p*p)."""
+def _pix2struct_patches(pixels: torch.Tensor, max_patches: int, patch: int, standardize: bool = True) -> torch.Tensor:
+    """Pix2Struct's flattened patches of ``pixels`` (n, 3, H, W) float 0..255 -> (n, max_patches, 2 + 3*p*p).
+    ``standardize`` (the processor's ``do_normalize``) standardises each image first, as Pix2Struct's processor."""
     n, channels, height, width = pixels.shape
-    # Per-image standardisation over every pixel and channel; std floored at 1/sqrt(N) (computed in float64).
-    flat = pixels.reshape(n, -1).double()
-    mean = flat.mean(dim=1)
-    std = flat.std(dim=1, correction=0).clamp_min(1.0 / math.sqrt(flat.shape[1]))
-    pixels = ((pixels - mean.float().view(n, 1, 1, 1)) / std.float().view(n, 1, 1, 1)).float()
+    if standardize:
+        # Per-image standardisation over every pixel and channel; std floored at 1/sqrt(N) (computed in float64).
+        flat = pixels.reshape(n, -1).double()
+        mean = flat.mean(dim=1)
+        std = flat.std(dim=1, correction=0).clamp_min(1.0 / math.sqrt(flat.shape[1]))
+        pixels = ((pixels - mean.float().view(n, 1, 1, 1)) / std.float().view(n, 1, 1, 1)).float()
 
     rows, cols = _pix2struct_grid(height, width, max_patches, patch)
     pixels = F.interpolate(
@@ -238,12 +240,22 @@ def _to_uint8_hwc(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-def _normalize_uint8(batch: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:
-    """(n, H, W, 3) uint8 -> (n, 3, H, W) float32: /255 (in float64, as transformers rescales) then (x-mean)/std."""
-    pixels = torch.from_numpy(batch).permute(0, 3, 1, 2).double().mul(1 / 255).float()
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    return ((pixels - mean_t) / std_t).contiguous()
+def _channels(values: list[float]) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32).view(1, 3, 1, 1)
+
+
+def _rescale_and_normalize(
+    batch: np.ndarray, rescale_factor: float | None, mean: list[float] | None, std: list[float] | None
+) -> torch.Tensor:
+    """(n, H, W, 3) uint8 -> (n, 3, H, W) float32: times ``rescale_factor`` (in float64, as transformers rescales),
+    then (x - mean) / std. ``None`` skips a step (``do_rescale`` / ``do_normalize`` off)."""
+    pixels = torch.from_numpy(batch).permute(0, 3, 1, 2).double()
+    if rescale_factor is not None:
+        pixels = pixels.mul(rescale_factor)
+    pixels = pixels.float()
+    if mean is not None:
+        pixels = (pixels - _channels(mean)) / _channels(std)
+    return pixels.contiguous()
 
 
 def _array_to_uint8(array: np.ndarray, where: str) -> np.ndarray:
@@ -290,6 +302,9 @@ class EagleImageProcessor(PilBackend):
     valid_kwargs = EagleImageProcessorKwargs
     model_input_names = ["pixel_values"]
     do_convert_rgb = True
+    do_rescale = True
+    rescale_factor = 1 / 255
+    do_normalize = True
 
     experts = DEFAULT_EXPERTS
     mode = "per_expert"
@@ -337,8 +352,8 @@ class EagleImageProcessor(PilBackend):
         return kwargs
 
     def _validate_preprocess_kwargs(self, **kwargs):
-        # The standard resize/rescale/normalize flags are unused: each expert carries its own settings,
-        # which `_standardize_kwargs` has already checked.
+        # The standard resize and crop flags are unused (each expert has its own size), `do_rescale` and
+        # `do_normalize` apply per expert, and `_standardize_kwargs` has checked the experts' settings.
         pass
 
     # ----------------------------------------------------------------------------------------- inputs
@@ -425,18 +440,33 @@ class EagleImageProcessor(PilBackend):
         shared_size: int,
         shared_mean: list[float],
         shared_std: list[float],
+        do_rescale: bool = True,
+        rescale_factor: float = 1 / 255,
+        do_normalize: bool = True,
         return_tensors: str | None = None,
         **kwargs,
     ) -> BatchFeature:
+        # transformers' generic flags: `do_rescale` multiplies 0..255 pixels by `rescale_factor`; `do_normalize`
+        # applies each expert's mean and std (Pix2Struct: its per-image standardisation).
+        rescale_factor = rescale_factor if do_rescale else None
         if mode == "released":
-            pixel_values = self._released(images, experts, shared_size, shared_mean, shared_std)
+            pixel_values = self._released(
+                images, experts, shared_size, shared_mean, shared_std, rescale_factor, do_normalize
+            )
         else:
-            pixel_values = self._per_expert(images, experts, resize_mode)
+            pixel_values = self._per_expert(images, experts, resize_mode, rescale_factor, do_normalize)
         if return_tensors is not None and str(getattr(return_tensors, "value", return_tensors)) == "np":
             pixel_values = [tensor.numpy() for tensor in pixel_values]
         return BatchFeature(data={"pixel_values": pixel_values}, skip_tensor_conversion=["pixel_values"])
 
-    def _per_expert(self, images: list[Image.Image], experts: list[dict], resize_mode: str) -> list[torch.Tensor]:
+    def _per_expert(
+        self,
+        images: list[Image.Image],
+        experts: list[dict],
+        resize_mode: str,
+        rescale_factor: float | None,
+        do_normalize: bool,
+    ) -> list[torch.Tensor]:
         squares: dict[tuple, np.ndarray] = {}  # (side, pad colour) -> (n, side, side, 3) uint8, shared by experts
 
         def square_batch(side: int, colour: tuple[int, int, int]) -> np.ndarray:
@@ -456,10 +486,12 @@ class EagleImageProcessor(PilBackend):
             if spec["type"] in PATCH_EXPERT_TYPES:
                 colour = _mean_colour(spec["image_mean"] or CLIP_MEAN)
                 pixels = torch.from_numpy(square_batch(side, colour)).permute(0, 3, 1, 2).float()
-                pixel_values.append(_pix2struct_patches(pixels, spec["max_patches"], spec["patch_size"]))
+                patches = _pix2struct_patches(pixels, spec["max_patches"], spec["patch_size"], do_normalize)
+                pixel_values.append(patches)
             else:
                 batch = square_batch(side, _mean_colour(spec["image_mean"]))
-                pixel_values.append(_normalize_uint8(batch, spec["image_mean"], spec["image_std"]))
+                mean, std = (spec["image_mean"], spec["image_std"]) if do_normalize else (None, None)
+                pixel_values.append(_rescale_and_normalize(batch, rescale_factor, mean, std))
         return pixel_values
 
     def _released(
@@ -469,6 +501,8 @@ class EagleImageProcessor(PilBackend):
         shared_size: int,
         shared_mean: list[float],
         shared_std: list[float],
+        rescale_factor: float | None,
+        do_normalize: bool,
     ) -> list[torch.Tensor]:
         # The authors' process_images: expand2square with int(255 * mean), then CLIPImageProcessor (bicubic
         # shortest edge -> shared_size, centre crop shared_size; the image is square so both are one resize).
@@ -481,15 +515,17 @@ class EagleImageProcessor(PilBackend):
                 for image in images
             ]
         )
-        shared = _normalize_uint8(batch, shared_mean, shared_std)
+        mean, std = (shared_mean, shared_std) if do_normalize else (None, None)
+        shared = _rescale_and_normalize(batch, rescale_factor, mean, std)
         pixel_values = []
         for spec in experts:
             if spec["type"] in PATCH_EXPERT_TYPES:
                 # The original Pix2Struct tower un-normalised its input back to 0..255 before its processor.
-                mean_t = torch.tensor(shared_mean, dtype=torch.float32).view(1, 3, 1, 1)
-                std_t = torch.tensor(shared_std, dtype=torch.float32).view(1, 3, 1, 1)
-                pixels = (shared * std_t + mean_t) * 255
-                pixel_values.append(_pix2struct_patches(pixels, spec["max_patches"], spec["patch_size"]))
+                pixels = shared * _channels(std) + _channels(mean) if do_normalize else shared
+                if rescale_factor is not None:
+                    pixels = pixels * (1 / rescale_factor)
+                patches = _pix2struct_patches(pixels, spec["max_patches"], spec["patch_size"], do_normalize)
+                pixel_values.append(patches)
             elif spec["image_size"] == shared_size:
                 pixel_values.append(shared)
             else:

@@ -5,8 +5,10 @@ the fused grid, before tokenisation; the model scatters the projected image feat
 positions.
 """
 
-from transformers import ProcessorMixin
-from transformers.processing_utils import MultiModalData
+from transformers import BatchFeature, ProcessorMixin
+from transformers.image_utils import ImageInput
+from transformers.processing_utils import MultiModalData, ProcessingKwargs, Unpack
+from transformers.tokenization_utils_base import PreTokenizedInput, TextInput
 
 from .image_processing_eagle import EagleImageProcessor
 
@@ -44,19 +46,39 @@ class EagleProcessor(ProcessorMixin):
             )
         super().__init__(image_processor, tokenizer, chat_template=chat_template)
 
-    def __call__(self, images=None, text=None, **kwargs):
+    def __call__(
+        self,
+        images: ImageInput | None = None,
+        text: TextInput | PreTokenizedInput | list[TextInput] | list[PreTokenizedInput] | None = None,
+        **kwargs: Unpack[ProcessingKwargs],
+    ) -> BatchFeature:
+        output = super().__call__(images=images, text=text, **kwargs)
+        self._check_length(output, kwargs)
+        return output
+
+    def validate_inputs(self, images=None, text=None, **kwargs) -> None:
+        """Refuse image placeholders without images (and images without placeholders): the model would embed the
+        placeholders as text, or find no place for the images."""
         if text is not None:
             texts = [text] if isinstance(text, str) else list(text)
             n_tokens = sum(t.count(self.image_token) for t in texts)
             n_images = _count_images(images)
             if n_tokens != n_images:
                 raise ValueError(
-                    f"The text has {n_tokens} {self.image_token!r} placeholder(s) but {n_images} image(s) were "
-                    f"given; put one {self.image_token} in the text for each image, in the images' order"
+                    f"The number of {self.image_token!r} tokens in the prompts should be the same as the number of "
+                    f"images: the text has {n_tokens} {self.image_token!r} placeholder(s) but {n_images} image(s) "
+                    f"were given; put one {self.image_token} in the text for each image, in the images' order"
                 )
-        output = super().__call__(images=images, text=text, **kwargs)
-        self._check_length(output, kwargs)
-        return output
+        super().validate_inputs(images=images, text=text, **kwargs)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # Saving records the remote code's `auto_map` on the processor; it belongs in the saved file, not in this
+        # object (transformers cleans the tokenizer up the same way), so that the saved processor and the one loaded
+        # back are equal.
+        try:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            self.__dict__.pop("auto_map", None)
 
     def _check_length(self, output, kwargs) -> None:
         """Refuse prompts longer than the tokenizer's limit: truncating them would cut through image tokens."""
