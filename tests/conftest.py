@@ -10,6 +10,9 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# transformers' common test mixins (tests/test_transformers_*.py) skip their `@slow` tests unless RUN_SLOW is set;
+# they also carry the `slow` mark, so this suite's own selection (`-m slow`, deselected by default) decides.
+os.environ.setdefault("RUN_SLOW", "1")
 
 import eagle_hub.modeling_eagle  # noqa: E402,F401  (registers the Auto classes)
 from eagle_hub.modeling_eagle.hub_folder import build_processor, save_folder  # noqa: E402
@@ -18,6 +21,31 @@ from eagle_hub.modeling_eagle.presets import eagle_config  # noqa: E402
 from eagle_hub.processing.local_tokenizer import build_tokenizer  # noqa: E402
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+
+# Marks used by transformers' common test mixins (its repository conftest registers them).
+TRANSFORMERS_MARKS = (
+    "generate",
+    "torch_compile_test",
+    "torch_export_test",
+    "onnx_export_test",
+    "executorch_export_test",
+    "flash_attn_test",
+    "flash_attn_3_test",
+    "flash_attn_4_test",
+    "all_flash_attn_test",
+    "training_ci",
+    "tensor_parallel_ci",
+    "fsdp_ci",
+    "is_pipeline_test",
+    "is_staging_test",
+    "accelerate_tests",
+    "not_device_test",
+)
+
+
+def pytest_configure(config):
+    for mark in TRANSFORMERS_MARKS:
+        config.addinivalue_line("markers", f"{mark}: transformers' common tests")
 
 
 @pytest.fixture(scope="session")
