@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 import eagle_hub.modeling_eagle as modeling_eagle
+from eagle_hub.hub_cards.fresh_process import run_without_package
 
 HERE = Path(__file__).resolve().parent
 DECLARED = {"torch", "transformers", "safetensors", "huggingface_hub", "numpy", "PIL", "tokenizers"}
@@ -122,3 +123,52 @@ def test_remote_code_files_import_only_declared_packages_and_do_no_io():
                 assert top in DECLARED or top in STDLIB_ALLOWED, (
                     f"{path.name} imports {module}, not a declared package"
                 )
+
+
+ASSISTED_AND_ATTENTION_SCRIPT = r"""
+import json, sys
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+folder = sys.argv[1]
+model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour?"}]}]
+prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+inputs = processor(images=[Image.new("RGB", (48, 40), (20, 160, 40))], text=[prompt], return_tensors="pt")
+tower_runs = []
+model.model.vision_tower.register_forward_hook(lambda *args: tower_runs.append(1))
+
+def kernels():
+    # EVA-02 keeps its kernel as an attribute; the experts built from transformers' modules, in their config.
+    return {
+        name: getattr(expert, "attn_implementation", None) or expert.config._attn_implementation
+        for name, expert in model.model.vision_tower.experts.items()
+    }
+
+greedy = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+tower_runs.clear()
+assisted = model.generate(**inputs, max_new_tokens=6, do_sample=False, assistant_model=model)
+result = {"equal": torch.equal(greedy, assisted), "assisted_tower_runs": len(tower_runs), "before": kernels()}
+with torch.no_grad():
+    sdpa = model(**inputs).logits
+    model.set_attn_implementation("eager")
+    result["after"] = kernels()
+    eager = model(**inputs).logits
+result["max_difference"] = float((eager - sdpa).abs().max())
+print(json.dumps(result))
+"""
+
+
+def test_remote_code_assisted_decoding_equals_greedy_and_attention_switches_at_run_time(saved_folder):
+    """In a process without this package: an Eagle assistant (which sees the images on its own first step) gives the
+    greedy tokens, and `set_attn_implementation` moves every expert to the new kernel with the same logits."""
+    run = run_without_package(ASSISTED_AND_ATTENTION_SCRIPT, saved_folder, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["equal"], result
+    assert result["assisted_tower_runs"] == 2, result  # the model's prefill and the assistant's own
+    assert set(result["before"].values()) == {"sdpa"}, result
+    assert set(result["after"].values()) == {"eager"}, result
+    assert result["max_difference"] < 1e-4, result
