@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import chat, make_image, tiny_model
+from conftest import chat, make_image, pix2struct_patches, tiny_model
 
 
 class EagleModelTester:
@@ -205,3 +205,25 @@ def test_per_expert_features_are_channel_slices_of_the_fused_output(tester, mode
         torch.testing.assert_close(out.expert_features[name], out.last_hidden_state[..., start : start + channels])
         start += channels
     assert start == out.last_hidden_state.shape[-1]
+
+
+def test_image_path_exports_with_a_dynamic_image_count(model):
+    """torch.export of the tower with a symbolic number of images: the per-expert count checks must not hash or
+    branch on it (they once built a set of shapes), and the program must handle other counts."""
+    tower = model.model.vision_tower
+
+    def pixel_values(n_images):
+        return [
+            pix2struct_patches(n_images, spec["max_patches"])
+            if spec["type"] == "pix2struct"
+            else torch.randn(n_images, 3, spec["image_size"], spec["image_size"])
+            for spec in tower.config.experts
+        ]
+
+    images = pixel_values(2)
+    dynamic_shapes = {"pixel_values": [{0: torch.export.Dim.AUTO} for _ in images]}
+    program = torch.export.export(tower, (), {"pixel_values": images}, dynamic_shapes=dynamic_shapes)
+    other = pixel_values(3)
+    with torch.no_grad():
+        expected = tower(other).last_hidden_state
+    torch.testing.assert_close(program.module()(pixel_values=other).last_hidden_state, expected)
