@@ -7,9 +7,16 @@ single (PIL) backend: the mixin's two-backend tests skip, and so does its policy
 torchvision backend.
 """
 
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import textwrap
 import unittest
 
 import numpy as np
+import pytest
 import torch
 import transformers_common  # noqa: F401  (puts transformers' test mixins on sys.path)
 from PIL import Image
@@ -83,3 +90,41 @@ class EagleImageProcessingTest(ImageProcessingTestMixin, unittest.TestCase):
     )
     def test_new_models_require_torchvision_backend(self):
         pass
+
+    @pytest.mark.slow
+    def test_pil_can_run_without_torchvision(self):
+        """The mixin's version, in a fresh process that imports this package first, as an installed model registers
+        itself there (the mixin's script relies on transformers knowing in-tree models); torchvision is blocked."""
+        image_processor = EagleImageProcessor(**self.image_processor_tester.prepare_image_processor_dict())
+        processor_inputs = self.image_processor_tester.prepare_processor_inputs(equal_resolution=False)
+        expected = image_processor(**processor_inputs, return_tensors=None)
+        script = textwrap.dedent(
+            """
+            import pickle, sys
+            sys.modules["torchvision"] = None  # raises ImportError on `import torchvision`
+
+            import eagle_hub.modeling_eagle  # registers Eagle with the Auto classes
+            from transformers import AutoImageProcessor
+
+            folder, class_name, inputs_path, outputs_path = sys.argv[1:]
+            processor = AutoImageProcessor.from_pretrained(folder, backend="pil")
+            assert type(processor).__name__ == class_name, type(processor)
+            with open(inputs_path, "rb") as f:
+                inputs = pickle.load(f)
+            with open(outputs_path, "wb") as f:
+                pickle.dump(processor(**inputs, return_tensors=None).data, f)
+            """
+        )
+        with tempfile.TemporaryDirectory() as folder:
+            image_processor.save_pretrained(folder)
+            inputs_path, outputs_path = os.path.join(folder, "inputs.pkl"), os.path.join(folder, "outputs.pkl")
+            with open(inputs_path, "wb") as f:
+                pickle.dump(processor_inputs, f)
+            arguments = [folder, EagleImageProcessor.__name__, inputs_path, outputs_path]
+            result = subprocess.run([sys.executable, "-c", script, *arguments], capture_output=True, text=True)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            with open(outputs_path, "rb") as f:
+                outputs = pickle.load(f)
+        self.assertEqual(list(outputs), list(expected.data))
+        for got, want in zip(outputs["pixel_values"], expected["pixel_values"]):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
