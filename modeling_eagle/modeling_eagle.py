@@ -562,18 +562,19 @@ class EagleForConditionalGeneration(EaglePreTrainedModel, GenerationMixin):
             image_outputs=outputs.image_outputs,
         )
 
-    def prepare_inputs_for_generation(self, input_ids, inputs_embeds=None, pixel_values=None, **kwargs):
+    def prepare_inputs_for_generation(
+        self, input_ids, cache=None, inputs_embeds=None, pixel_values=None, past_key_values=None, **kwargs
+    ):
+        # Both names of the cache are parameters: generate validates its kwargs against this signature, and
+        # transformers before 5.24 passes `past_key_values`.
+        cache = cache if cache is not None else past_key_values
         model_inputs = super().prepare_inputs_for_generation(
-            input_ids, inputs_embeds=inputs_embeds, pixel_values=pixel_values, **kwargs
+            input_ids, inputs_embeds=inputs_embeds, pixel_values=pixel_values, **{CACHE_NAME: cache}, **kwargs
         )
         # generate passes the images on its first step only, and not even then to an assistant model: an Eagle
         # drafting for another model would never see them. Its cache is empty exactly when the prompt, images
         # included, has not been encoded yet.
-        if (
-            pixel_values is not None
-            and "pixel_values" not in model_inputs
-            and EagleModel.is_prefill(kwargs.get(CACHE_NAME))
-        ):
+        if pixel_values is not None and "pixel_values" not in model_inputs and EagleModel.is_prefill(cache):
             model_inputs["pixel_values"] = pixel_values
         return model_inputs
 
