@@ -22,9 +22,9 @@ from .vision_expert import VisionExpert
 class Pix2StructExpert(VisionExpert):
     expert_type = "pix2struct"
     no_split_modules = ("Pix2StructVisionLayer",)
-    # As transformers' Pix2Struct: its attention interface takes SDPA and flex attention, but no flash kernel.
+    # transformers' Pix2Struct has no flash path, and its flex path takes the block mask transformers builds, not
+    # the padding mask this expert builds itself (a tensor mask crashed flex attention on a CPU).
     _supports_sdpa = True
-    _supports_flex_attn = True
 
     def __init__(self, spec: dict, attn_implementation: str = "sdpa"):
         super().__init__(spec, attn_implementation)
@@ -55,21 +55,16 @@ class Pix2StructExpert(VisionExpert):
         return self.side, self.side
 
     def key_padding_mask(self, pixel_values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """``(B, 1, 1, max_patches)``: boolean (True = attend) for SDPA, additive for the other kernels.
+        """``(B, 1, 1, max_patches)``: boolean (True = attend) for SDPA, additive for eager.
 
         Built with tensor ops only: transformers' ``create_bidirectional_mask`` asks ``mask.all()`` to drop a
         padding-free mask, a device-to-host sync on every forward (and a graph break under ``torch.compile``).
         Real patches carry a 1-based row id; padding rows are all zero.
         """
         real = (pixel_values[:, :, 0] > 0)[:, None, None, :]
-        implementation = self.config._attn_implementation
-        if implementation == "sdpa":
+        if self.config._attn_implementation == "sdpa":
             return real
-        additive = torch.zeros(real.shape, dtype=dtype, device=real.device).masked_fill(~real, torch.finfo(dtype).min)
-        if implementation == "flex_attention":
-            # transformers' flex path indexes the mask by query position: one row per query (a broadcast view).
-            additive = additive.expand(-1, -1, real.shape[-1], -1)
-        return additive
+        return torch.zeros(real.shape, dtype=dtype, device=real.device).masked_fill(~real, torch.finfo(dtype).min)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         patches = pixel_values.to(self.embeddings.patch_projection.weight.dtype)

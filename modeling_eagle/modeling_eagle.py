@@ -202,7 +202,7 @@ class EagleVisionTower(EaglePreTrainedModel):
         self.post_init()
 
     # The capability flags transformers reads before it gives the tower an attention kernel: a kernel is supported
-    # when every configured expert has it (SAM has no flash or flex path, Pix2Struct no flash path).
+    # when every configured expert has it (SAM and Pix2Struct have SDPA but neither flash nor flex attention).
     def _experts_support(self, flag: str) -> bool:
         return all(getattr(EXPERT_CLASSES[spec["type"]], flag) for spec in self.config.experts)
 
