@@ -227,3 +227,14 @@ def test_image_path_exports_with_a_dynamic_image_count(model):
     with torch.no_grad():
         expected = tower(other).last_hidden_state
     torch.testing.assert_close(program.module()(pixel_values=other).last_hidden_state, expected)
+
+
+def test_attention_kernel_flags_follow_the_configured_experts(processor):
+    """transformers gives the tower a kernel only where every configured expert has it: SDPA always, flash and flex
+    attention not with SAM or Pix2Struct (whose masks and biases only eager and SDPA take)."""
+    x5 = tiny_model(processor.tokenizer).model.vision_tower
+    assert (x5._supports_sdpa, x5._supports_flash_attn, x5._supports_flex_attn) == (True, False, False)
+    with pytest.raises(ValueError, match="flex_attention"):
+        x5.set_attn_implementation("flex_attention")
+    without = tiny_model(processor.tokenizer, experts=["clip", "convnext", "eva02"]).model.vision_tower
+    assert (without._supports_sdpa, without._supports_flash_attn, without._supports_flex_attn) == (True, True, True)
