@@ -91,9 +91,10 @@ class EagleModelTester:
 
     def prepare_config_and_inputs_for_common(self):
         config = self.get_config()
-        input_ids = ids_tensor([self.batch_size, self.seq_length], self.vocab_size - 1) + 1
-        attention_mask = input_ids.ne(self.pad_token_id)
-        input_ids[input_ids == self.image_token_id] = self.pad_token_id
+        # As LLaVA's tester: text ids avoid the image token (0) and padding (1), and nothing is padded, so that every
+        # run tests the same thing (the mixins add their own padding where they test it).
+        input_ids = ids_tensor([self.batch_size, self.seq_length], self.vocab_size - 2) + 2
+        attention_mask = torch.ones_like(input_ids)
         input_ids[:, : self.num_image_tokens] = self.image_token_id
         inputs = {
             "pixel_values": self.pixel_values(config, self.batch_size),
