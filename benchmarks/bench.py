@@ -54,7 +54,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from transformers.utils import logging
 
-from eagle_hub.cli import quiet_bitsandbytes_cpu_warning
+from eagle_hub.training import quiet_bitsandbytes_cpu_warning
 
 logger = logging.get_logger(__name__)
 # The training steps run in fresh processes (forkserver-preloaded with this module) that import bitsandbytes.

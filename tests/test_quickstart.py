@@ -62,6 +62,8 @@ def test_stage_three_starts_on_the_word_questions_alone_unless_skipped(tmp_path)
     assert words["train"] == mixed["train"] == ["experts", "projector", "llm"] and words["lr"] == mixed["lr"]
     plain = quickstart_recipe("data", 0, Budget(word_steps=0, sft_steps=2800), prealign=False)
     assert [stage["name"] for stage in plain["stages"]] == ["stage2-align", "stage3-sft"]
-    with pytest.raises(ValueError, match="sft_steps \\(--sft-steps\\) is 0"):
+    with pytest.raises(
+        ValueError, match=r"sft_steps \(--sft-steps\) is 0 \(stage 3 must train on every question type\)"
+    ):
         quickstart(tmp_path / "qs", budget=Budget(sft_steps=0))
     assert not (tmp_path / "qs").exists()  # refused before any data is made

@@ -8,20 +8,19 @@ same data and budget.
 """
 
 import json
+import logging
 import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import yaml
-from transformers.utils import logging
 
 from .recipe import load_recipe
 from .synth import COLOURS, SHAPES, WORDS, generate
 
-logger = logging.get_logger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -38,12 +37,22 @@ class Budget:
     projector_lr: float = 1e-3
     llm_lr: float = 5e-4
 
-    def validate(self) -> None:
-        if self.sft_steps < 1:
-            raise ValueError(
-                f"sft_steps (--sft-steps) is {self.sft_steps}: stage 3 must train on every question type for at "
-                "least one step"
-            )
+    def __post_init__(self):
+        least = {
+            "n_images": 1,
+            "prealign_steps": 1,
+            "align_steps": 1,
+            "word_steps": 0,
+            "sft_steps": 1,
+            "batch_size": 1,
+        }
+        for field, minimum in least.items():
+            value = getattr(self, field)
+            if not isinstance(value, int) or value < minimum:
+                what = " (stage 3 must train on every question type)" if field == "sft_steps" else ""
+                raise ValueError(
+                    f"{field} (--{field.replace('_', '-')}) is {value}{what}: it must be an integer >= {minimum}"
+                )
 
 
 # Every answer the data can ask for, as the chat template renders it: each becomes one token (" garden", not
@@ -53,7 +62,6 @@ ANSWERS = (*WORDS, *COLOURS, *SHAPES, "1", "2", "3", "left", "right")
 
 def quickstart_recipe(data_root: str, seed: int, budget: Budget, experts=None, prealign: bool = True) -> dict:
     """The quickstart's recipe; ``data_root`` is relative to the folder the recipe file is written to."""
-    budget.validate()
     corpus = [f"ASSISTANT: {answer}" for answer in ANSWERS]
     model = {
         "preset": "eagle-x5-small",
@@ -110,6 +118,7 @@ def quickstart_recipe(data_root: str, seed: int, budget: Budget, experts=None, p
 
 def evaluate(folder: Path, heldout, batch_size: int = 32) -> dict:
     """Held-out exact-match accuracy per question type (greedy answers, case and spaces ignored)."""
+    import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     processor = AutoProcessor.from_pretrained(folder)
@@ -156,13 +165,12 @@ def eval_results_file(accuracy: dict, n_images: int, scene: str) -> dict:
 
 FRESH_PROCESS = r"""
 import json
-from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
 folder, samples = sys.argv[1], json.loads(sys.argv[2])
 model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True)
 processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
 pipe = pipeline("image-text-to-text", model=model, processor=processor)
-chats = [[{"role": "user", "content": [{"type": "image", "image": Image.open(s["image"]).convert("RGB")},
+chats = [[{"role": "user", "content": [{"type": "image", "image": processor.image_processor.load_image(s["image"])},
           {"type": "text", "text": s["question"]}]}] for s in samples]
 for sample, result in zip(samples, pipe(text=chats, max_new_tokens=8, batch_size=len(chats))):
     print(json.dumps({**sample, "answer": result[0]["generated_text"][-1]["content"].strip()}))
@@ -210,7 +218,6 @@ def quickstart(
     from eagle_hub.hub_cards.model_card import write_model_card
 
     budget = budget or Budget()
-    budget.validate()
     output = Path(output)
     if output.exists() and any(output.iterdir()):
         raise FileExistsError(f"{output} is not empty; choose another --output or remove it")

@@ -37,6 +37,7 @@ Everything is deterministic given the seed: the same arguments give byte-identic
 
 import io
 import json
+import logging
 import math
 import random
 import re
@@ -45,9 +46,8 @@ from collections import Counter
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
-from transformers.utils import logging
 
-logger = logging.get_logger(__name__)
+logger = logging.getLogger(__name__)
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
