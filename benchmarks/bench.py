@@ -28,7 +28,7 @@ Every figure comes from one run on one device, with the same inputs for every mo
   for 1 and for 8 requests.
 - Training: a warm-up step, then the median of a few steps (forward, backward, AdamW step) on a batch of a few
   samples, per stage, with the stages' real freezing: stage 2 (``align``) trains the projector, stage 3 (``sft``)
-  the experts, projector and LLM, as in ``training/recipes``, applied by the runner's ``StageSetupCallback``.
+  the experts, projector and LLM, as in ``training/recipes``, applied by the runner's ``set_trainable``.
   Peak memory is what the steps add to what the model and its inputs already hold (gradients, AdamW state,
   activations): on CUDA ``max_memory_allocated`` above the allocation before the first step; on CPU, where torch
   keeps no allocator statistics, each stage runs in a fresh process and the figure is its peak resident memory
@@ -578,9 +578,9 @@ def freeze_for_stage(models: Models, kind: str, stage: str) -> torch.nn.Module:
     """Set what trains in ``stage`` for one model; return that model."""
     train = STAGES[stage]
     if kind == "eagle":
-        from eagle_hub.training.callbacks import StageSetupCallback
+        from eagle_hub.training.trainable import set_trainable
 
-        StageSetupCallback(train).apply(models.eagle)
+        set_trainable(models.eagle, train)
         return models.eagle
     model = models.llava if kind == "llava" else models.llm
     model.requires_grad_(False)

@@ -23,7 +23,7 @@ def run(args) -> None:
     import importlib.util
 
     import eagle_hub.hub_cards
-    from eagle_hub.modeling_eagle.locations import is_hub_id
+    from eagle_hub.processing.locations import is_hub_id
 
     folder = Path(args.model).expanduser()
     if not folder.exists() and not is_hub_id(args.model):

@@ -18,7 +18,6 @@ from eagle_hub.hub_cards.model_card import (
     converted_model_card,
     model_card_for_folder,
     parameter_counts,
-    training_info_from_recipe,
     write_model_card,
 )
 
@@ -146,25 +145,6 @@ def test_training_record_fills_stages_datasets_and_base_model(folder):
         in (card.text)
     )
     assert "1.2345" in card.text and "random weights" not in card.text
-
-
-def test_training_record_from_a_recipe(tmp_path):
-    from eagle_hub.training.recipe import load_recipe
-
-    recipe = load_recipe(ROOT / "training" / "recipes" / "tiny.yaml")
-    (tmp_path / "hf" / "captions").mkdir(parents=True)
-    recipe.data_root = str(tmp_path)
-    summaries = {"stage3-sft": {"losses": [3.0, 2.5]}}
-    info = training_info_from_recipe(recipe, summaries, upto="stage2-align")
-    assert [(s["name"], s["kind"]) for s in info["stages"]] == [
-        ("stage1-prealign", "prealign"),
-        ("stage2-align", "align"),
-    ]
-    full = training_info_from_recipe(recipe, summaries)
-    assert full["stages"][-1]["final_loss"] == 2.5 and full["stages"][-1]["train"] == ["experts", "projector", "llm"]
-    assert full["datasets"] == []  # local data is described in the table, not claimed as a Hub dataset
-    recipe.stages[1].data.path = "eagle-org/captions"  # not on disk: the loader reads it from the Hub
-    assert training_info_from_recipe(recipe)["datasets"] == ["eagle-org/captions"]
 
 
 def test_converted_card_keeps_its_signature(model):

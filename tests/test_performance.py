@@ -19,7 +19,7 @@ from eagle_hub.modeling_eagle.modeling_eagle import (
     EagleForConditionalGeneration,
     EagleVisionTower,
 )
-from eagle_hub.training.callbacks import StageSetupCallback
+from eagle_hub.training.trainable import set_trainable
 
 EXPERTS_WITH_ATTENTION = ("clip", "sam", "eva02", "pix2struct")
 
@@ -152,7 +152,7 @@ def test_stage2_freezing_backpropagates_into_the_projector_only(tokenizer, proce
     """Stage 2's freezing, as the runner applies it: the frozen experts build no graph, yet the projector (fed
     their outputs) and nothing else gets gradients."""
     model = tiny_model(tokenizer)
-    StageSetupCallback(STAGES["stage2"]).apply(model)
+    set_trainable(model, STAGES["stage2"])
     model.train()
     tower = model.model.vision_tower
     assert all(not expert.training for expert in tower.experts.values())

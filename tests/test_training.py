@@ -16,7 +16,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from eagle_hub.training.callbacks import FrozenWeightsCallback, fingerprint
 from eagle_hub.training.recipe import RecipeError, load_recipe, parse_recipe
-from eagle_hub.training.runner import build_start, build_trainer, run_recipe
+from eagle_hub.training.runner import build_start, build_trainer, run_recipe, training_record
 from eagle_hub.training.synth import generate
 
 HERE = Path(__file__).resolve().parent
@@ -370,3 +370,20 @@ def test_shipped_paper_recipe_has_the_papers_settings():
     for stage in recipe.stages:
         assert stage.schedule == "cosine" and stage.warmup_ratio == 0.03 and stage.weight_decay == 0.0
         assert stage.bf16 and stage.max_length == 2048
+
+
+def test_training_record_from_a_recipe(tmp_path):
+    recipe = load_recipe(ROOT / "training" / "recipes" / "tiny.yaml")
+    (tmp_path / "hf" / "captions").mkdir(parents=True)
+    recipe.data_root = str(tmp_path)
+    summaries = {"stage3-sft": {"losses": [3.0, 2.5]}}
+    info = training_record(recipe, summaries, upto="stage2-align")
+    assert [(s["name"], s["kind"]) for s in info["stages"]] == [
+        ("stage1-prealign", "prealign"),
+        ("stage2-align", "align"),
+    ]
+    full = training_record(recipe, summaries)
+    assert full["stages"][-1]["final_loss"] == 2.5 and full["stages"][-1]["train"] == ["experts", "projector", "llm"]
+    assert full["datasets"] == []  # local data is described in the table, not claimed as a Hub dataset
+    recipe.stages[1].data.path = "eagle-org/captions"  # not on disk: the loader reads it from the Hub
+    assert training_record(recipe)["datasets"] == ["eagle-org/captions"]

@@ -102,10 +102,8 @@ def quickstart_recipe(data_root: str, seed: int, budget: Budget, experts=None, p
             **common,
         }
     )
-    # Stage 3 starts with the written-word questions alone (3a). Mixed with the other types from the first step,
-    # reading stayed at chance for 2800 steps in every run (measured on the mixed scenes); alone, it is learnt in a
-    # few hundred steps and the mixed stage keeps it. Reading after the mixed types were learnt took far less well.
-    # Figures in the README.
+    # Stage 3 starts with the written-word questions alone (3a): mixed with the other types from the first step, this
+    # small LLM does not learn to read in the budget; alone it does, and the mixed stage keeps it (docs/quickstart.md).
     stage3 = {"kind": "sft", "train": ["experts", "projector", "llm"], **common}
     stage3["lr"] = {"vision": budget.vision_lr, "projector": budget.projector_lr, "llm": budget.llm_lr}
     if budget.word_steps:

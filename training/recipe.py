@@ -35,6 +35,8 @@ from pathlib import Path
 
 import yaml
 
+from eagle_hub.processing.locations import resolve_path
+
 STAGE_KINDS = ("prealign", "align", "sft")
 LR_GROUPS = ("vision", "projector", "llm")
 DATA_FORMATS = ("llava", "hf")
@@ -83,6 +85,12 @@ class Stage:
     shuffle: bool = True
     lora: LoraSpec | None = None
 
+    @property
+    def lora_settings(self) -> LoraSpec | None:
+        """The LoRA settings the stage trains with: its ``lora`` entry, or the defaults when ``train`` names
+        ``lora`` without one; None for a stage without LoRA."""
+        return self.lora if self.lora is not None else (LoraSpec() if "lora" in self.train else None)
+
 
 @dataclass
 class Recipe:
@@ -95,11 +103,11 @@ class Recipe:
     @property
     def data_dir(self) -> Path:
         """Where relative data paths start: ``data_root`` (relative to the recipe file) or the recipe's folder."""
-        return self.base_dir / self.data_root if self.data_root else self.base_dir
+        return resolve_path(self.data_root, self.base_dir) if self.data_root else self.base_dir
 
     def resolve(self, path: str, base: Path | None = None) -> Path:
-        candidate = Path(path).expanduser()
-        return candidate if candidate.is_absolute() else ((base or self.base_dir) / candidate)
+        """A path of the recipe: relative to ``base`` (default: the recipe file's folder)."""
+        return resolve_path(path, base if base is not None else self.base_dir)
 
 
 def _fail(where: str, message: str):
@@ -191,8 +199,6 @@ def check_trainable_names(recipe: Recipe, expert_names: list[str]) -> None:
         unknown = [name for name in stage.train if name not in allowed]
         if unknown:
             _fail(f"stages[{index}].train", f"unknown module(s) {unknown}; use {sorted(allowed)}")
-        if "lora" in stage.train and stage.lora is None:
-            stage.lora = LoraSpec()
 
 
 def parse_recipe(raw, base_dir: Path) -> Recipe:
