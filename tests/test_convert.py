@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import nveagle_checkpoints as nc
 import pytest
 import torch
-from conftest import make_image
+from conftest import make_image, require_reference
 from safetensors.torch import load_file
 from transformers import AutoProcessor
 
@@ -137,8 +137,8 @@ def released_shapes(layout: str, llm: str) -> tuple[dict, dict]:
     return shapes, nc.original_config(layout, llm, nc.FULL, token_ids)
 
 
-@pytest.mark.skipif(not RELEASED_KEYS.is_file(), reason="shared/reference is not beside the repo")
 def test_generator_reproduces_every_released_vision_key_and_shape():
+    require_reference(RELEASED_KEYS.name)
     released = {key: tuple(shape) for key, shape in json.loads(RELEASED_KEYS.read_text()).items()}
     generated = nc.vision_keys("x5", nc.FULL)
     assert len(generated) == len(released) == 1791
@@ -147,9 +147,9 @@ def test_generator_reproduces_every_released_vision_key_and_shape():
     assert nc.mm_hidden_size("x5", nc.FULL) == 7680
 
 
-@pytest.mark.skipif(not RELEASED_KEYS.is_file(), reason="shared/reference is not beside the repo")
 @pytest.mark.parametrize("layout, llm", [("x5", "vicuna"), ("x4", "llama3")])
 def test_full_size_release_maps_onto_exactly_the_model_keys(layout, llm):
+    require_reference(RELEASED_KEYS.name)
     shapes, source = released_shapes(layout, llm)
     config = convert_nveagle.build_config(Path("unused"), source, shapes)
     with torch.device("meta"):
@@ -209,8 +209,8 @@ def conversions(tmp_path_factory):
 
     def get(layout: str, llm: str) -> SimpleNamespace:
         if (layout, llm) not in done:
-            if llm == "vicuna" and not nc.REFERENCE_CHECKPOINT.is_dir():
-                pytest.skip("the Vicuna-style tokenizer comes from shared/reference/nveagle-reference-x5")
+            if llm == "vicuna":  # the Vicuna-style tokenizer comes from the reference checkpoint
+                require_reference("nveagle-reference-x5", "checkpoint", "tokenizer.model")
             root = tmp_path_factory.mktemp(f"{layout}-{llm}")
             src, dst = root / "src", root / "out" / "dst"
             nc.write_checkpoint(src, layout=layout, llm=llm, shards=3 if layout == "x4" else 2, seed=1)

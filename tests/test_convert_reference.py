@@ -5,35 +5,35 @@ import json
 
 import pytest
 import torch
-from conftest import REFERENCE
+from conftest import require_reference
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from eagle_hub.modeling_eagle.convert_nveagle import convert
 
-CASE = REFERENCE / "nveagle-reference-x5"
-pytestmark = pytest.mark.skipif(
-    not CASE.is_dir(), reason="shared/reference/nveagle-reference-x5 is not beside the repo"
-)
+
+@pytest.fixture(scope="module")
+def case():
+    return require_reference("nveagle-reference-x5")
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
+def converted(case, tmp_path_factory):
     folder = tmp_path_factory.mktemp("reference") / "eagle-x5-reference"
-    report = convert(CASE / "checkpoint", folder)
+    report = convert(case / "checkpoint", folder)
     processor = AutoProcessor.from_pretrained(folder)
     model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).eval()
-    meta = json.loads((CASE / "reference" / "reference.json").read_text())
+    meta = json.loads((case / "reference" / "reference.json").read_text())
     inputs = processor(
-        images=[Image.open(CASE / "reference" / "image.png")], text=[meta["prompt"]], return_tensors="pt"
+        images=[Image.open(case / "reference" / "image.png")], text=[meta["prompt"]], return_tensors="pt"
     )
     return {
         "report": report,
         "model": model,
         "inputs": inputs,
         "meta": meta,
-        "ref": load_file(CASE / "reference" / "reference.safetensors"),
+        "ref": load_file(case / "reference" / "reference.safetensors"),
     }
 
 
@@ -97,3 +97,19 @@ def test_logits_and_greedy_continuation_match(converted):
     assert generated.sequences[0, -8:].tolist() == ref["generated_ids"][0].tolist()
     step_logits = torch.stack(generated.logits, dim=1)[..., :vocab]
     assert relative_error(step_logits, ref["generate_step_logits"]) <= 1e-3
+
+
+@pytest.mark.parametrize("ci", [True, False], ids=["CI=true", "local"])
+def test_a_missing_reference_fails_under_ci_and_skips_locally(ci, tmp_path, monkeypatch):
+    import conftest
+
+    monkeypatch.setattr(conftest, "REFERENCE", tmp_path / "shared" / "reference")
+    monkeypatch.setattr(conftest, "IN_CI", ci)
+    outcome = pytest.fail.Exception if ci else pytest.skip.Exception
+    with pytest.raises(outcome, match=r"reference data is missing: .*nveagle-reference-x5"):
+        conftest.require_reference("nveagle-reference-x5")
+    (tmp_path / "shared" / "reference" / "nveagle-reference-x5").mkdir(parents=True)
+    assert (
+        conftest.require_reference("nveagle-reference-x5")
+        == tmp_path / "shared" / "reference" / "nveagle-reference-x5"
+    )

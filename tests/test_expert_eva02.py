@@ -3,21 +3,24 @@
 import glob
 import json
 from functools import partial
-from pathlib import Path
 
 import pytest
 import torch
 import torch.utils.checkpoint
+from conftest import REFERENCE, require_reference
 
 from eagle_hub.modeling_eagle.expert_eva02 import Eva02Block, Eva02Expert, rope_2d_tables
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference"
-CASE = SHARED / "nveagle-reference-x5"
+CASE = REFERENCE / "nveagle-reference-x5"
 PREFIX = "model.vision_tower.vision_towers.3.vision_tower."
-needs_reference = pytest.mark.skipif(
-    not (CASE / "checkpoint").is_dir() or not (CASE / "reference" / "reference.safetensors").is_file(),
-    reason=f"Eagle reference case not found at {CASE} (shared reference data absent)",
-)
+
+
+@pytest.fixture
+def needs_reference():
+    """The reference case (checkpoint and tensors): skipped locally when absent, a failure under CI=true."""
+    require_reference("nveagle-reference-x5", "checkpoint")
+    require_reference("nveagle-reference-x5", "reference", "reference.safetensors")
+
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2, "pretrain_image_size": 64}
 
@@ -71,7 +74,7 @@ def authors_rope(head_dim: int, n: int, pt_seq_len: int = 16, theta: float = 100
 # --------------------------------------------------------------------------------------------------------------
 
 
-@needs_reference
+@pytest.mark.usefixtures("needs_reference")
 def test_fidelity_against_reference_case():
     from safetensors.torch import load_file
 
@@ -124,11 +127,8 @@ def test_fidelity_against_reference_case():
     assert error <= 1e-4 * scale
 
 
-@needs_reference
 def test_full_size_key_layout_matches_released_checkpoint():
-    keys_file = SHARED / "nveagle-x5-vision-keys.json"
-    if not keys_file.is_file():
-        pytest.skip(f"{keys_file} not found")
+    keys_file = require_reference("nveagle-x5-vision-keys.json")
     released = {
         key[len(PREFIX) :]: tuple(shape)
         for key, shape in json.loads(keys_file.read_text()).items()

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import require_reference
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -15,8 +16,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from eagle_hub.modeling_eagle.image_processing_eagle import EagleImageProcessor  # noqa: E402
-
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "nveagle-reference-x5" / "reference"
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -224,11 +223,12 @@ def test_pix2struct_patch_layout_by_hand():
 
 # ----------------------------------------------------------------------------------------------- released
 def test_released_mode_matches_reference():
-    if not (REFERENCE / "reference.safetensors").is_file():
-        pytest.skip(f"reference tensors not found under {REFERENCE}")
     from safetensors.torch import load_file
 
-    ref = load_file(str(REFERENCE / "reference.safetensors"))
+    reference = require_reference("nveagle-reference-x5", "reference")
+    require_reference("nveagle-reference-x5", "reference", "reference.safetensors")
+
+    ref = load_file(str(reference / "reference.safetensors"))
     experts = [
         {
             "name": "clip",
@@ -245,7 +245,7 @@ def test_released_mode_matches_reference():
     for spec in experts[1:4]:
         spec["image_std"] = list(CLIP_STD)
     processor = EagleImageProcessor(experts=experts, mode="released")
-    image = Image.open(REFERENCE / "image.png")
+    image = Image.open(reference / "image.png")
     out = processor(image, return_tensors="pt")["pixel_values"]
     assert [tuple(t.shape) for t in out] == [(1, 3, 336, 336)] + [(1, 3, 1024, 1024)] * 3 + [(1, 2048, 770)]
     errors = {}
