@@ -6,12 +6,16 @@ tensors (head size 64, as in every released expert), so scaled-down checkpoints 
 too. Tensors are streamed source shard by source shard into output shards, so peak memory stays near one shard.
 Every source tensor must be consumed: only the documented unused or duplicated ones are dropped (and
 reported); anything else unknown, missing or of the wrong shape is an error that lists them.
+
+``convert`` returns a ``ConversionReport`` (what was converted and dropped, the source, the config) and writes no
+model card: its caller does (``eagle convert`` writes one with ``hub_cards``, inside the same atomic move).
 """
 
 import json
 import math
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,9 +50,15 @@ class ConversionError(ValueError):
 
 @dataclass
 class ConversionReport:
+    """What ``convert`` did: ``converted`` tensors (``mapping``: source key -> converted key), ``dropped`` ones by
+    reason, out of ``source_tensors``; the ``source`` folder and the ``config`` of the converted model."""
+
     converted: int = 0
     dropped: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     source_tensors: int = 0
+    mapping: dict[str, str] = field(default_factory=dict)
+    source: Path | None = None
+    config: EagleConfig | None = None
 
     def summary(self) -> str:
         drops = ", ".join(f"{len(keys)} {why}" for why, keys in self.dropped.items())
@@ -385,8 +395,13 @@ def convert(
     chat_template: str | None = None,
     force: bool = False,
     max_shard_size: int = 4 * 1024**3,
+    card: Callable[[Path, ConversionReport], None] | None = None,
 ) -> ConversionReport:
-    """Convert ``src`` (an NVEagle folder) into a Hub-native Eagle folder at ``dst``; returns what was done."""
+    """Convert ``src`` (an NVEagle folder) into a Hub-native Eagle folder at ``dst``; returns what was done.
+
+    No model card is written here. ``card(folder, report)``, when given, runs on the complete staging folder just
+    before it is moved into place (``eagle convert`` writes the card there): what it writes is published with the
+    rest, and if it raises, nothing is published and an existing ``dst`` is left as it was."""
     from tqdm.auto import tqdm
 
     src, dst = Path(src), Path(dst)
@@ -428,7 +443,9 @@ def convert(
         writer.close()
         config.dtype = str(target_dtype or source_dtype or torch.float32).removeprefix("torch.")
         write_folder_files(staging, processor, config)
-        _write_card(staging, src, config, report)
+        report.source, report.config = src, config
+        if card is not None:
+            card(staging, report)
     logger.info(report.summary())
     return report
 
@@ -454,6 +471,7 @@ def plan_mapping(shapes: dict, config: EagleConfig, expected: dict) -> tuple[dic
             wrong.append(f"{key} {tuple(shape)} -> {target} expects {want}")
             continue
         plan[key] = target
+    report.mapping = dict(plan)
     missing = sorted(set(expected) - set(plan.values()))
     problems = []
     if unknown:
@@ -511,9 +529,3 @@ class ShardWriter:
             "weight_map": {key: renamed[shard] for key, shard in sorted(self.weight_map.items())},
         }
         (self.folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-
-
-def _write_card(folder: Path, src: Path, config: EagleConfig, report: ConversionReport) -> None:
-    from eagle_hub.hub_cards.model_card import converted_model_card
-
-    converted_model_card(config, source=str(src), report=report.summary()).save(folder / "README.md")

@@ -4,9 +4,11 @@ The key mapping is checked at the full released size on shapes only (every relea
 Llama-3-8B LLM, against the state dict of an Eagle built on the meta device); synthetic checkpoints of the same
 structure (tests/nveagle_checkpoints.py) are converted end to end: tensors copied bit for bit, the image-token
 row added, projector and image splice checked against references computed from the source tensors, legacy
-``.bin`` input, corrupt input refused without leaving anything behind, and a fresh-process pipeline.
+``.bin`` input, corrupt input refused without leaving anything behind, and a fresh-process pipeline. The converter
+returns its report and writes no card; ``eagle convert`` writes the card inside the same atomic move.
 """
 
+import ast
 import json
 import re
 import shutil
@@ -20,6 +22,7 @@ from conftest import make_image, require_reference
 from safetensors.torch import load_file
 from transformers import AutoProcessor
 
+from eagle_hub.cli import main
 from eagle_hub.hub_cards.fresh_process import run_without_package
 from eagle_hub.modeling_eagle import convert_nveagle
 from eagle_hub.modeling_eagle.convert_nveagle import ConversionError, convert
@@ -27,6 +30,7 @@ from eagle_hub.modeling_eagle.modeling_eagle import EagleForConditionalGeneratio
 from eagle_hub.processing.chat_templates import CHAT_TEMPLATES
 
 RELEASED_KEYS = nc.REFERENCE / "nveagle-x5-vision-keys.json"
+ROOT = Path(__file__).resolve().parents[1]
 CHAT_TEMPLATE_OF = {"vicuna": "vicuna_v1", "llama3": "llama3"}
 
 
@@ -236,7 +240,7 @@ def converted(request, conversions):
     return conversions(*request.param)
 
 
-def test_report_accounts_for_every_source_tensor(converted):
+def test_report_accounts_for_every_source_tensor(converted, tmp_path):
     source = load_folder(converted.src)
     report = converted.report
     dropped = {key for keys in report.dropped.values() for key in keys}
@@ -246,6 +250,12 @@ def test_report_accounts_for_every_source_tensor(converted):
     eva_depth = nc.SMALL["eva02"]["depth"]
     assert sorted(len(keys) for keys in report.dropped.values()) == sorted([2, 4, 2 * eva_depth])
     assert str(report.converted) in report.summary()
+    # What was converted, from where, into what: the caller writes the card from this.
+    assert report.mapping == {key: converted_name(key, converted.layout) for key in source if key not in dropped}
+    assert report.converted == len(report.mapping)
+    assert report.source == converted.src
+    report.config.save_pretrained(tmp_path)
+    assert (tmp_path / "config.json").read_text() == (converted.dst / "config.json").read_text()
 
 
 def test_output_folder_is_hub_ready_with_the_right_chat_template_and_image_token(converted):
@@ -255,8 +265,9 @@ def test_output_folder_is_hub_ready_with_the_right_chat_template_and_image_token
     vocab = source_config["vocab_size"]
     assert config["model_type"] == "eagle" and "auto_map" in config
     assert config["image_token_id"] == vocab and config["text_config"]["vocab_size"] == vocab + 1
-    for name in ("modeling_eagle.py", "configuration_eagle.py", "processing_eagle.py", "README.md"):
+    for name in ("modeling_eagle.py", "configuration_eagle.py", "processing_eagle.py"):
         assert (dst / name).is_file(), name
+    assert not (dst / "README.md").exists(), "the converter writes no card; its caller (eagle convert) does"
     assert not list(dst.glob("*.bin")) and not list(dst.parent.glob(".*")), "no pickles, no staging leftovers"
     index = json.loads((dst / "model.safetensors.index.json").read_text())  # converted with small shards
     assert len(set(index["weight_map"].values())) > 1
@@ -620,3 +631,74 @@ def test_unindexed_bin_checkpoint_ignores_training_args(tmp_path):
     torch.save({"learning_rate": 2e-5}, src / "training_args.bin")
     report = convert(src, tmp_path / "dst")
     assert report.converted + sum(len(keys) for keys in report.dropped.values()) == report.source_tensors
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The report and the card: convert() returns what it did, `eagle convert` writes the card
+
+
+def test_eagle_convert_writes_the_card_inside_the_atomic_move(x4_llama3, tmp_path, capsys):
+    dst = tmp_path / "out" / "eagle"
+    assert main(["convert", str(x4_llama3.src), str(dst)]) == 0
+    printed = capsys.readouterr().out
+    assert printed == f"converted {x4_llama3.src} -> {dst}: {x4_llama3.report.summary()}\n"
+    card = (dst / "README.md").read_text()
+    assert f"Converted from the NVEagle checkpoint `{x4_llama3.src}`" in card
+    assert f"Conversion: {x4_llama3.report.summary()}." in card
+    # The card is the one file the converter alone does not write; everything else is identical.
+    convert(x4_llama3.src, tmp_path / "plain")
+    with_card, plain = _snapshot(dst), _snapshot(tmp_path / "plain")
+    assert with_card.pop("README.md") and with_card == plain
+    nothing_left(tmp_path / "out", keep={"eagle"})
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-output", "replacing-with-force"])
+def test_a_card_that_cannot_be_written_publishes_nothing_and_says_so(
+    x4_llama3, tmp_path, monkeypatch, capsys, existing
+):
+    from eagle_hub.cli import convert as convert_command
+
+    out, dst = tmp_path / "out", tmp_path / "out" / "eagle"
+    out.mkdir()
+    if existing:
+        shutil.copytree(x4_llama3.dst, dst)
+        before = _snapshot(dst)
+
+    def broken_card(folder, report):
+        (folder / "README.md").write_text("half a card")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(convert_command, "write_card", broken_card)
+    argv = ["convert", str(x4_llama3.src), str(dst), *(["--force"] if existing else [])]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert "writing the model card failed, so nothing was written to" in error and "No space left" in error
+    if existing:
+        assert _snapshot(dst) == before, "the previous output must survive"
+        nothing_left(out, keep={"eagle"})
+    else:
+        nothing_left(out)
+
+
+def test_the_model_package_imports_nothing_from_the_cards_training_benchmarks_or_cli():
+    forbidden = {"hub_cards", "training", "benchmarks", "cli"}
+    found = []
+    for path in sorted((ROOT / "modeling_eagle").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                # "from .. import hub_cards" / "from ..hub_cards import x" leave the package; so does eagle_hub.X.
+                modules = [f"eagle_hub.{base}" if node.level > 1 else base]
+                if node.level > 1 and not base:
+                    modules = [f"eagle_hub.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for module in modules:
+                parts = module.split(".")
+                if parts[0] == "eagle_hub" and len(parts) > 1 and parts[1] in forbidden:
+                    found.append(f"{path.name}:{node.lineno} imports {module}")
+                elif parts[0] in forbidden and getattr(node, "level", 0) == 0:
+                    found.append(f"{path.name}:{node.lineno} imports {module}")
+    assert found == []
