@@ -4,8 +4,9 @@ The key mapping is checked at the full released size on shapes only (every relea
 Llama-3-8B LLM, against the state dict of an Eagle built on the meta device); synthetic checkpoints of the same
 structure (tests/nveagle_checkpoints.py) are converted end to end: tensors copied bit for bit, the image-token
 row added, projector and image splice checked against references computed from the source tensors, legacy
-``.bin`` input, corrupt input refused without leaving anything behind, and a fresh-process pipeline. The converter
-returns its report and writes no card; ``eagle convert`` writes the card inside the same atomic move.
+``.bin`` input, corrupt input (head sizes the tensors contradict included) refused without leaving anything behind,
+and a fresh-process pipeline. The converter returns its report and writes no card; ``eagle convert`` writes the card
+inside the same atomic move.
 """
 
 import ast
@@ -467,6 +468,7 @@ def _pop(key):
 
 
 # X4 towers: 0 clip, 1 convnext, 2 eva02 (det), 3 pix2struct. The Llama-3-style LLM has hidden 128.
+# (X5 puts SAM at 2 and EVA at 3.)
 EVA, PIX = f"{nc.TOWER_PREFIX}2.vision_tower.", f"{nc.TOWER_PREFIX}3.vision_tower."
 CORRUPT = {
     "missing-shard": (
@@ -631,6 +633,59 @@ def test_unindexed_bin_checkpoint_ignores_training_args(tmp_path):
     torch.save({"learning_rate": 2e-5}, src / "training_args.bin")
     report = convert(src, tmp_path / "dst")
     assert report.converted + sum(len(keys) for keys in report.dropped.values()) == report.source_tensors
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Head size: the converter builds heads of 64 and refuses tensors that record another size
+
+
+def _with_head_size(expert: str, head_dim: int, **changes) -> dict:
+    dims = {**nc.SMALL, expert: {**nc.SMALL[expert], "head_dim": head_dim, **changes}}
+    return dims
+
+
+SAM, EVA_X5 = f"{nc.TOWER_PREFIX}2.vision_tower.", f"{nc.TOWER_PREFIX}3.vision_tower."
+HEAD_SIZE_CASES = {
+    # A whole expert built with heads of 32 (hidden 64 = 2 x 32): every table says 32.
+    "sam-heads-of-32": ("x5", _with_head_size("sam", 32), None, rf"expert 2 \(sam-1024\): {re.escape(SAM)}"
+                        r"layers\.0\.attn\.rel_pos_h \(27, 32\) records attention head size 32, but this converter "
+                        r"assumes 64"),
+    "eva-heads-of-32": ("x4", _with_head_size("eva02", 32), None, rf"expert 2 \(det-1024\): {re.escape(EVA)}"
+                        r"blocks\.0\.attn\.rope\.freqs_cos \(256, 32\) records attention head size 32"),
+    # One table alone disagrees (the shared window table; its per-block copies still say 64).
+    "eva-window-table": ("x4", nc.SMALL, _replace(f"{EVA}rope_win.freqs_sin", (256, 128)),
+                         rf"{re.escape(EVA)}rope_win\.freqs_sin \(256, 128\) records attention head size 128"),
+    "sam-one-layer": ("x5", nc.SMALL, _replace(f"{SAM}layers.1.attn.rel_pos_w", (127, 16)),
+                      rf"{re.escape(SAM)}layers\.1\.attn\.rel_pos_w \(127, 16\) records attention head size 16"),
+    # A hidden size that heads of 64 cannot split.
+    "eva-hidden-96": ("x4", {**nc.SMALL, "eva02": {**nc.SMALL["eva02"], "hidden": 96}}, None,
+                      rf"{re.escape(EVA)}patch_embed\.proj\.weight \(96, 3, 16, 16\) gives hidden size 96, not a "
+                      r"multiple of the head size 64"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(HEAD_SIZE_CASES))
+def test_a_head_size_the_tensors_contradict_is_refused_naming_the_tensor(case, tmp_path):
+    layout, dims, edit, message = HEAD_SIZE_CASES[case]
+    nc.write_checkpoint(tmp_path / "src", layout=layout, llm="llama3", dims=dims, edit=edit)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ConversionError, match=re.compile(message, re.S)):
+        convert(tmp_path / "src", tmp_path / "out" / "eagle")
+    nothing_left(tmp_path / "out")
+
+
+def test_the_head_size_check_passes_every_released_table():
+    """The check reads the released tables as head size 64 (the full X5 key list: SAM's 48 rel_pos tables,
+    EVA's 4 shared and 48 per-block rope tables)."""
+    require_reference(RELEASED_KEYS.name)
+    released = {key: tuple(shape) for key, shape in json.loads(RELEASED_KEYS.read_text()).items()}
+    checked = 0
+    for index, expert in ((2, "sam"), (3, "eva02")):
+        prefix = f"{nc.TOWER_PREFIX}{index}.vision_tower."
+        local = {key[len(prefix) :]: shape for key, shape in released.items() if key.startswith(prefix)}
+        convert_nveagle.check_head_size(expert, local, prefix, expert)
+        checked += sum(bool(re.fullmatch(convert_nveagle.HEAD_SIZE_TENSORS[expert], key)) for key in local)
+    assert checked == 48 + 4 + 48
 
 
 # ----------------------------------------------------------------------------------------------------------------
