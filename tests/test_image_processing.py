@@ -174,11 +174,29 @@ def test_return_tensors_np(processor, wide):
 
 # ----------------------------------------------------------------------------------------------- pix2struct
 def test_pix2struct_grid_formula_released_case():
-    max_patches, patch, side = 2048, 16, 1024
-    scale = math.sqrt(max_patches * (patch / side) * (patch / side))
-    rows = max(min(int(scale * side / patch), max_patches), 1)
-    cols = max(min(int(scale * side / patch), max_patches), 1)
-    assert rows == cols == math.isqrt(max_patches) == 45
+    """The released Pix2Struct input (2048 patches of 16 px on the 1024 px square) is the 45x45 grid transformers'
+    own Pix2StructImageProcessor makes: 2025 real rows with 1-based ids, 23 zero rows, the same values."""
+    from transformers import Pix2StructImageProcessor
+
+    max_patches, patch, size = 2048, 16, 1024
+    experts = [
+        {"name": "p2s", "type": "pix2struct", "image_size": size, "max_patches": max_patches, "patch_size": patch}
+    ]
+    image = random_image(size, size, seed=6)
+    got = EagleImageProcessor(experts=experts)(image, return_tensors="pt")["pixel_values"][0][0]
+    assert got.shape == (max_patches, 2 + 3 * patch * patch)
+    side = 45
+    np.testing.assert_array_equal(got[: side * side, 0].numpy(), np.repeat(np.arange(1, side + 1), side))
+    np.testing.assert_array_equal(got[: side * side, 1].numpy(), np.tile(np.arange(1, side + 1), side))
+    assert torch.count_nonzero(got[side * side :]) == 0 and (got[: side * side].abs().sum(-1) > 0).all()
+
+    chw = np.asarray(image).astype(np.float32).transpose(2, 0, 1).copy()  # no pad, no resize: already 1024 square
+    hf = Pix2StructImageProcessor(max_patches=max_patches, patch_size={"height": patch, "width": patch}, is_vqa=False)
+    want = hf(chw, return_tensors="pt")
+    assert int(want["attention_mask"][0].sum()) == side * side
+    error = (got - want["flattened_patches"][0]).abs().max().item()
+    print(f"released Pix2Struct patches vs transformers: max abs {error:.2e}")
+    assert error <= 2e-6  # measured 4.8e-7
 
 
 def test_pix2struct_ids_padding_and_values(processor, wide, tall):
