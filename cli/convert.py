@@ -1,5 +1,7 @@
 """``eagle convert``: a released NVEagle checkpoint into a Hub-native folder."""
 
+from pathlib import Path
+
 from .common import UserError
 
 
@@ -23,8 +25,25 @@ def add_parser(commands) -> None:
     parser.set_defaults(run=run)
 
 
+def write_card(folder: Path, report) -> None:
+    """The converted folder's model card (README.md), written into the staging folder before it is published."""
+    from eagle_hub.hub_cards.model_card import converted_model_card
+
+    card = converted_model_card(report.config, source=str(report.source), report=report.summary())
+    card.save(folder / "README.md")
+
+
 def run(args) -> None:
     from eagle_hub.modeling_eagle.convert_nveagle import ConversionError, convert
+
+    def card(folder: Path, report) -> None:
+        try:
+            write_card(folder, report)
+        except Exception as error:  # nothing is published: the converter's staging folder goes with the error
+            raise UserError(
+                f"converted {args.src}, but writing the model card failed, so nothing was written to {args.dst} "
+                f"({type(error).__name__}: {error})"
+            ) from error
 
     try:
         report = convert(
@@ -34,6 +53,7 @@ def run(args) -> None:
             chat_template=args.chat_template,
             force=args.force,
             max_shard_size=int(args.max_shard_size_gb * 1024**3),
+            card=card,
         )
     except (ConversionError, FileExistsError) as error:
         raise UserError(str(error)) from error

@@ -18,6 +18,21 @@ from eagle_hub.modeling_eagle.presets import eagle_config  # noqa: E402
 from eagle_hub.processing.local_tokenizer import build_tokenizer  # noqa: E402
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def require_reference(*parts: str) -> Path:
+    """``REFERENCE / parts``: the authors' reference data (shared/reference beside the repository) a test needs.
+
+    Absent, the test is skipped locally; under CI (CI=true) the run fails instead, since the fidelity claims rest
+    on it (as tests/test_space.py does for its browser). Every test that reads shared/reference calls this."""
+    path = REFERENCE.joinpath(*parts)
+    if not path.exists():
+        reason = f"the authors' reference data is missing: {path} (shared/reference is not beside the repository)"
+        if IN_CI:
+            pytest.fail(f"{reason}; CI must have it", pytrace=False)
+        pytest.skip(reason)
+    return path
 
 
 @pytest.fixture(scope="session")
