@@ -331,14 +331,12 @@ def count_flops(preset: str, prompt_tokens: int) -> dict:
 def released_resolution_flops(config, flops) -> dict:
     """The tower's FLOPs at the resolutions the released checkpoints run (CLIP 336, the others 1024; the preset
     feeds every expert 448), counted the same way: what the paper's model costs per image."""
-    from eagle_hub.modeling_eagle.convert_nveagle import TOWER_NAMES
     from eagle_hub.modeling_eagle.modeling_eagle import EagleVisionTower
+    from eagle_hub.modeling_eagle.presets import RELEASED_EXPERT_INPUTS
 
-    released = {expert_type: (size, extra) for expert_type, size, extra in TOWER_NAMES.values()}
     config = copy.deepcopy(config)
     for spec in config.vision_config.experts:
-        size, extra = released[spec["type"]]
-        spec.update(image_size=size, **extra)
+        spec.update(RELEASED_EXPERT_INPUTS[spec["type"]])
     with torch.device("meta"):
         tower = EagleVisionTower(config.vision_config)
     return tower_flops(tower, config, flops)
