@@ -553,6 +553,7 @@ def test_x5_7b_flops_at_the_released_resolutions_are_the_papers_15_tflops():
     assert "released_resolutions" not in count_flops("small", prompt_tokens=96)
 
 
+@pytest.mark.slow  # over 60 s on a shared 2-core machine: the training steps run in fresh processes
 def test_eagle_bench_small_quick_writes_every_figure_and_bar(tmp_path, capsys):
     path = tmp_path / "bench.json"
     assert main(["bench", "--preset", "small", "--quick", "--device", "cpu", "--json", str(path)]) == 0
