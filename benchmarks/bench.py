@@ -51,7 +51,7 @@ that the tables print next to it.
   (tower FLOPs / CLIP tower FLOPs) x (CLIP tower time / tower time), the FLOPs analytic and the times paired.
 - ``batched_decode`` (>= 2.5), paired: decode tokens/s of 8 requests batched over one request's, that is
   8 x (t1(N) - t1(1)) / (t8(N) - t8(1)) within a repeat (1 and 8 requests, N and 1 new tokens, all in one round);
-  a repeat whose batched difference is not positive (noise larger than the decode) is left out.
+  a repeat where either difference is not positive (noise larger than the decode) is left out.
 - ``batched_encode`` (<= 1.0), paired: the tower on 8 images as one batch / 8 x the tower on one image.
 - ``stage2_memory`` (<= 0.5), not a median: the peak memory a stage-2 step adds / a stage-3 step's, one peak each
   (memory does not vary from step to step as time does; each peak covers the warm-up and the timed steps).
@@ -653,10 +653,14 @@ def decode_tokens_per_s(times: Times, name: str, new_tokens: int, batch: int = 1
 
 
 def summarize_generate(times: Times, new_tokens: int, batch: int) -> dict:
-    """Decode tokens/s per model, and for Eagle batched; the bar's ratio paired within each repeat."""
-    batched_over_single = median_ratio(
-        [batch * seconds for seconds in times.decode_seconds("eagle")], times.decode_seconds("eagle_batch")
-    )
+    """Decode tokens/s per model, and for Eagle batched; the bar's ratio paired within each repeat, over the repeats
+    where both decodes took a positive time (elsewhere noise was larger than the decode, on one side or the other)."""
+    pairs = [
+        (single, batched)
+        for single, batched in zip(times.decode_seconds("eagle"), times.decode_seconds("eagle_batch"))
+        if single > 0 and batched > 0
+    ]
+    batched_over_single = median_ratio([batch * single for single, _ in pairs], [batched for _, batched in pairs])
     return {
         "decode_tokens_per_s": {name: decode_tokens_per_s(times, name, new_tokens) for name in MODEL_NAMES},
         "batching": {

@@ -437,6 +437,27 @@ def test_decode_tokens_per_s_is_paired_within_the_repeat():
     assert bench.decode_tokens_per_s(noise, "x", new_tokens=8) is None  # median difference 0: not measured
 
 
+def test_batched_decode_ratio_leaves_out_repeats_where_noise_swamped_either_decode():
+    # per repeat, 7 tokens: one request 7 ms, 8 batched 14 ms (4x); the second repeat's single decode came out
+    # negative and the third's batched one zero: only the first counts
+    times = Times(
+        {
+            "eagle:1": [0.010, 0.030, 0.020],
+            "eagle:n": [0.017, 0.020, 0.027],
+            "eagle_batch:1": [0.020, 0.020, 0.040],
+            "eagle_batch:n": [0.034, 0.034, 0.040],
+        }
+    )
+    for name in ("llava", "llm"):
+        times[f"{name}:1"], times[f"{name}:n"] = [0.01] * 3, [0.02] * 3
+    batching = bench.summarize_generate(times, new_tokens=8, batch=8)["batching"]
+    assert batching["batched_over_single_tokens_per_s"] == pytest.approx(4.0)
+    times["eagle_batch:n"] = [0.020, 0.034, 0.040]
+    assert (
+        bench.summarize_generate(times, new_tokens=8, batch=8)["batching"]["batched_over_single_tokens_per_s"] is None
+    )
+
+
 def made_up_results(
     prefill_over_parts=1.0,
     step_over_llm=1.0,
