@@ -27,7 +27,9 @@ def add_parser(commands) -> None:
         "--dtype", choices=["float32", "bfloat16", "float16"], help="default: bfloat16 on CUDA, float32 on CPU"
     )
     parser.add_argument("--repeats", type=int, help="timed runs per figure, after warm-up (default 30; x5-7b 10)")
-    parser.add_argument("--quick", action="store_true", help="fewer repeats and tokens: a smoke test, not figures")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer repeats and training steps: a smoke test, not figures"
+    )
     parser.set_defaults(run=run)
 
 

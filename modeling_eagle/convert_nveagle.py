@@ -28,20 +28,20 @@ from transformers.utils import logging
 from .configuration_eagle import EagleConfig
 from .hub_folder import build_processor, staged_folder, write_folder_files
 from .modeling_eagle import EagleForConditionalGeneration
-from .presets import CLIP_MEAN, CLIP_STD
+from .presets import CLIP_MEAN, CLIP_STD, RELEASED_EXPERT_INPUTS
 
 logger = logging.get_logger(__name__)
 
 HEAD_DIM = 64  # every released expert's attention head size; checked against the tensors that record it
 TOWER_PREFIX = "model.vision_tower.vision_towers."
 
-# Released tower names -> (expert type, the resolution the released code feeds it, extra spec fields).
+# Released tower names -> expert type; what the released code feeds each type is presets.RELEASED_EXPERT_INPUTS.
 TOWER_NAMES = {
-    "clip-448": ("clip", 336, {}),  # named 448, fed 336 by the released code (EAGLE-X5.md §2)
-    "convnext-1024": ("convnext", 1024, {}),
-    "sam-1024": ("sam", 1024, {"pixel_unshuffle": 2}),
-    "det-1024": ("eva02", 1024, {}),
-    "pix2struct-1024": ("pix2struct", 1024, {"max_patches": 2048}),
+    "clip-448": "clip",  # named 448, fed 336 by the released code
+    "convnext-1024": "convnext",
+    "sam-1024": "sam",
+    "det-1024": "eva02",
+    "pix2struct-1024": "pix2struct",
 }
 
 
@@ -280,7 +280,7 @@ SPEC_READERS = {
 def expert_specs(names: list[str], shapes: dict) -> list[dict]:
     specs = []
     for index, tower in enumerate(names):
-        expert_type, size, extra = TOWER_NAMES[tower]
+        expert_type = TOWER_NAMES[tower]
         prefix = f"{TOWER_PREFIX}{index}.vision_tower."
         local = {key[len(prefix) :]: shape for key, shape in shapes.items() if key.startswith(prefix)}
         if not local:
@@ -290,7 +290,7 @@ def expert_specs(names: list[str], shapes: dict) -> list[dict]:
             arch = SPEC_READERS[expert_type](local)
         except KeyError as error:
             raise ConversionError(f"expert {index} ({tower}) lacks tensor {prefix}{error.args[0]}") from None
-        spec = {"name": expert_type, "type": expert_type, "image_size": size, "config": arch, **extra}
+        spec = {"name": expert_type, "type": expert_type, **RELEASED_EXPERT_INPUTS[expert_type], "config": arch}
         if expert_type != "pix2struct":
             # The released tower feeds every expert the CLIP-normalised image (EAGLE-X5.md §2).
             spec.update(image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))

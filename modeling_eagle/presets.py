@@ -1,9 +1,9 @@
 """Named Eagle configurations.
 
-``eagle-x5`` / ``eagle-x4`` are the released architectures (EAGLE-X5.md §2) at the design card's default of
-448 pixels per expert, with a Vicuna-7B-sized LLM. The ``-tiny`` presets keep every structural feature
-(position-table interpolation, windowed and global attention, pixel_unshuffle, bilinear steps) at widths
-that run in milliseconds on a CPU; the tests use them.
+``eagle-x5`` / ``eagle-x4`` are the architectures of the released NVEagle checkpoints, at the design card's default
+of 448 pixels per expert (``RELEASED_EXPERT_INPUTS`` holds the resolutions the released code runs), with a
+Vicuna-7B-sized LLM. The ``-tiny`` presets keep every structural feature (position-table interpolation, windowed and
+global attention, pixel_unshuffle, bilinear steps) at widths that run in milliseconds on a CPU; the tests use them.
 """
 
 import copy
@@ -273,6 +273,17 @@ TINY_LLAMA = {
     "num_key_value_heads": 2,
     "max_position_embeddings": 2048,
     "rms_norm_eps": 1e-5,
+}
+
+# What the released NVEagle code feeds each expert type: the resolution, with the input fields that go with it
+# (SAM's 2x pixel_unshuffle onto the shared grid, Pix2Struct's patch budget). The released CLIP tower is named
+# clip-448 but is fed 336 px. The converter writes these; ``eagle bench`` counts the tower's FLOPs at them.
+RELEASED_EXPERT_INPUTS = {
+    "clip": {"image_size": 336},
+    "convnext": {"image_size": 1024},
+    "sam": {"image_size": 1024, "pixel_unshuffle": 2},
+    "eva02": {"image_size": 1024},
+    "pix2struct": {"image_size": 1024, "max_patches": 2048},
 }
 
 X5 = ("clip", "convnext", "sam", "eva02", "pix2struct")
