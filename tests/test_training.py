@@ -422,3 +422,10 @@ def test_training_record_from_a_recipe(tmp_path):
     assert full["datasets"] == []  # local data is described in the table, not claimed as a Hub dataset
     recipe.stages[1].data.path = "eagle-org/captions"  # not on disk: the loader reads it from the Hub
     assert training_record(recipe)["datasets"] == ["eagle-org/captions"]
+
+
+def test_every_stage_kind_a_recipe_accepts_has_a_runner():
+    from eagle_hub.training.recipe import STAGE_KINDS
+    from eagle_hub.training.runner import STAGE_RUNNERS
+
+    assert set(STAGE_RUNNERS) == set(STAGE_KINDS)

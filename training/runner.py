@@ -14,6 +14,8 @@ stage from its last complete checkpoint in ``<output>/checkpoints/<stage name>``
 
 import copy
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -251,17 +253,41 @@ def is_main_process() -> bool:
     return PartialState().is_main_process
 
 
-def run_prealign(model, processor, stage, dataset_for, output: Path, recipe: Recipe, resume: bool) -> dict:
-    summaries = {}
+@dataclass
+class Run:
+    """A recipe run in progress: what every stage kind reads, and the model it trains in turn."""
+
+    recipe: Recipe
+    output: Path
+    resume: bool
+    dataset: Callable
+    model: EagleForConditionalGeneration
+    processor: object
+
+
+def train_listed(run: Run, stage: Stage) -> tuple[EagleForConditionalGeneration, dict, dict | None]:
+    """``align`` and ``sft``: the full model, training what the stage's ``train`` list names."""
+    checkpoints = run.output / "checkpoints" / stage.name
+    adapter = run.output / f"{stage.name}-adapter"
+    model, summary = train_stage(
+        run.model, run.processor, stage, run.dataset(stage), checkpoints, run.recipe, run.resume, adapter
+    )
+    return model, summary, None
+
+
+def prealign(run: Run, stage: Stage) -> tuple[EagleForConditionalGeneration, dict, dict | None]:
+    """Each expert alone with its own fresh projector against the frozen LLM; the pre-aligned experts go into the
+    stage folder's ``experts/``, and the fused projector starts fresh for the next stage."""
+    model, recipe, summaries = run.model, run.recipe, {}
     # Each pre-aligned expert is saved as soon as it is done (resume skips it); the stage folder copies them in.
-    experts_dir = output / "checkpoints" / stage.name / "experts"
+    experts_dir = run.output / "checkpoints" / stage.name / "experts"
     for index, name in enumerate(model.model.vision_tower.experts):
         expert_dir = experts_dir / name
         # New weights come from fixed seeds, so a resumed run draws exactly what an uninterrupted one drew.
         single = single_expert_model(model, name, seed=recipe.seed + 1 + index)
-        single_processor = build_processor(single.config, copy.deepcopy(processor.tokenizer))
-        single_processor.chat_template = processor.chat_template
-        if resume and (expert_dir / "config.json").is_file():
+        single_processor = build_processor(single.config, copy.deepcopy(run.processor.tokenizer))
+        single_processor.chat_template = run.processor.chat_template
+        if run.resume and (expert_dir / "config.json").is_file():
             done = AutoModelForImageTextToText.from_pretrained(expert_dir, dtype=model.dtype)
             model.model.vision_tower.experts[name].load_state_dict(done.model.vision_tower.experts[name].state_dict())
             logger.info("stage %s: expert %s already pre-aligned, loaded", stage.name, name)
@@ -271,7 +297,7 @@ def run_prealign(model, processor, stage, dataset_for, output: Path, recipe: Rec
         expert_stage.train = [name, "projector"]
         checkpoints = experts_dir.parent / name
         single, summaries[name] = train_stage(
-            single, single_processor, expert_stage, dataset_for(stage), checkpoints, recipe, resume
+            single, single_processor, expert_stage, run.dataset(stage), checkpoints, recipe, run.resume
         )
         save_stage_folder(expert_dir, single_processor, single)
     # The fused projector of the next stage starts fresh, as in the paper's recipe: the per-expert projectors of
@@ -282,7 +308,11 @@ def run_prealign(model, processor, stage, dataset_for, output: Path, recipe: Rec
         for layer in (fused.linear_1, getattr(fused, "linear_2", None)):
             if layer is not None:
                 layer.reset_parameters()
-    return summaries
+    return model, summaries, {"experts": experts_dir}
+
+
+# What each stage kind of a recipe runs (recipe.STAGE_KINDS names them); a new kind is a function here.
+STAGE_RUNNERS = {"prealign": prealign, "align": train_listed, "sft": train_listed}
 
 
 def format_summary(summaries: dict) -> str:
@@ -327,27 +357,19 @@ def run_recipe(recipe, output_dir, resume: bool = False, dataset_loader=None) ->
 
     model, processor = build_start(recipe)
     check_trainable_names(recipe, list(model.model.vision_tower.experts))
+    run = Run(recipe, output, resume, dataset_for, model, processor)
     summaries = {}
     for stage in recipe.stages:
         stage_dir = output / stage.name
         if resume and (stage_dir / "config.json").is_file():
             logger.info("stage %s is complete; loading %s", stage.name, stage_dir)
-            model = AutoModelForImageTextToText.from_pretrained(stage_dir, dtype=model.dtype)
-            processor = AutoProcessor.from_pretrained(stage_dir)
+            run.model = AutoModelForImageTextToText.from_pretrained(stage_dir, dtype=run.model.dtype)
+            run.processor = AutoProcessor.from_pretrained(stage_dir)
             continue
         logger.info("stage %s (%s): training %s", stage.name, stage.kind, ", ".join(stage.train))
-        subfolders = None
-        if stage.kind == "prealign":
-            summaries[stage.name] = run_prealign(model, processor, stage, dataset_for, output, recipe, resume)
-            subfolders = {"experts": output / "checkpoints" / stage.name / "experts"}
-        else:
-            checkpoints = output / "checkpoints" / stage.name
-            adapter = stage_dir.with_name(stage.name + "-adapter")
-            model, summaries[stage.name] = train_stage(
-                model, processor, stage, dataset_for(stage), checkpoints, recipe, resume, adapter
-            )
+        run.model, summaries[stage.name], subfolders = STAGE_RUNNERS[stage.kind](run, stage)
         training = training_record(recipe, summaries, upto=stage.name)
-        save_stage_folder(stage_dir, processor, model, training, subfolders=subfolders)
+        save_stage_folder(stage_dir, run.processor, run.model, training, subfolders=subfolders)
         if is_main_process():
             (output / "summary.json").write_text(json.dumps(summaries, indent=2, default=str))
     return summaries
