@@ -61,15 +61,24 @@ def add_parser(commands) -> None:
     parser.set_defaults(run=run)
 
 
-def _table(headers: list[str], rows: list[list]) -> str:
+def _table(headers: list[str], rows: list[list], numbers: int = 0) -> str:
+    """A plain-text table; the last ``numbers`` columns are right-aligned."""
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
-    lines = ["  ".join(str(c).ljust(width) for c, width in zip(row, widths)).rstrip() for row in [headers, *rows]]
+    first_number = len(headers) - numbers
+
+    def line(row):
+        cells = [
+            str(c).rjust(w) if i >= first_number else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths))
+        ]
+        return "  ".join(cells).rstrip()
+
+    lines = [line(row) for row in [headers, *rows]]
     return "\n".join([lines[0], "  ".join("-" * width for width in widths), *lines[1:]])
 
 
 def format_summary(summary: dict) -> str:
     rows = [[task, metric, f"{value:.4f}"] for task, metrics in summary.items() for metric, value in metrics.items()]
-    return _table(["task", "metric", "value"], rows) if rows else "no results"
+    return _table(["task", "metric", "value"], rows, numbers=1) if rows else "no results"
 
 
 def format_comparison(rows: list[dict], model: str) -> str:
@@ -81,7 +90,7 @@ def format_comparison(rows: list[dict], model: str) -> str:
         for row in rows
     ]
     headers = ["benchmark", "task", "metric", "measured", f"paper ({model})", "difference"]
-    return _table(headers, table)
+    return _table(headers, table, numbers=3)
 
 
 def _dry_run(args) -> None:

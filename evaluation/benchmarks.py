@@ -156,7 +156,9 @@ def compare(summary: dict, model: str) -> list[dict]:
     """Rows ``{task, benchmark, metric, measured, paper, difference}`` for the tasks of ``summary`` (task -> metric
     -> value) that measure one of the paper's benchmarks; ``measured`` is in the paper's units."""
     if model not in PAPER:
-        raise ValueError(f"--compare-paper {model}: the published figures known here are for {', '.join(PAPER)}")
+        raise ValueError(
+            f"--compare-paper {model}: the published figures known here are for {', '.join(paper_models())}"
+        )
     rows = []
     for task, metrics in summary.items():
         benchmark = benchmark_for(task)

@@ -397,7 +397,9 @@ def evaluate(
     ]
 
     progress(f"eagle eval: loading {model}")
+    started = time.perf_counter()
     lm = load_model(where, device=device, batch_size=batch_size, dtype=dtype, chat=chat, **(model_args or {}))
+    progress(f"eagle eval: loaded in {time.perf_counter() - started:.1f} s")
     output.mkdir(parents=True, exist_ok=True)
     merged: dict = {}
     runs: list[TaskRun] = []
@@ -425,6 +427,7 @@ def evaluate(
             _write_samples(output / f"samples_{task}.jsonl", samples)
         _merge(merged, results)
         runs.append(TaskRun(name, time.perf_counter() - started))
+        progress(f"eagle eval: {name} done in {runs[-1].seconds:.1f} s")
 
     if merged:
         merged["config"] = {**(merged.get("config") or {}), "model": "eagle", "model_args": f"pretrained={where}"}
