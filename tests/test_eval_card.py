@@ -17,6 +17,7 @@ from eagle_hub.hub_cards.model_card import (
     record_eval_results,
     write_model_card,
 )
+from eagle_hub.hub_cards.push import push_folder
 
 
 def entry(task: str, value: float, split: str = "test", dataset: str | None = None) -> dict:
@@ -69,6 +70,10 @@ def test_record_eval_results_updates_the_card_the_hub_way(saved_folder, tmp_path
     assert values == {"pope": 0.75, "gqa": 0.25, "textvqa_val": 0.7}
     assert len(json.loads((folder / "eval_results.json").read_text())) == 3
     assert "| pope | POPE | test | exact_match | 0.75 |" in card.text and "0.5 |" not in card.text
+    # `eagle push` uploads that card and eval_results.json
+    pushed = push_folder(folder, "me/eagle-tiny", dry_run=True, load=False)
+    names = {name for name, _ in pushed.files}
+    assert {"README.md", "eval_results.json"} <= names and not pushed.card_generated
 
     # A folder without README.md gets them in the card generated from it (what `eagle push` uploads).
     bare = tmp_path / "bare"
