@@ -381,6 +381,11 @@ def evaluate(
     if limit is not None and limit < 1:
         raise ValueError(f"--limit {limit}: expected a positive number of examples per task")
     where, folder = locate_model(model)
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device cuda: this torch ({torch.__version__}) sees no CUDA device; use --device cpu")
     output = Path(output).expanduser()
     if folder is not None and output.resolve() == folder:
         raise ValueError(f"--output {output} is the model folder; choose another folder for the results")
@@ -445,6 +450,8 @@ def evaluate(
             "were left out"
         )
     entries = card_entries(merged, summary, limit)
+    if folder is None and entries:
+        report.notes.append(f"{model} is a Hub id: the results are in {output} only (no local card to update)")
     if update_card and folder is not None and entries:
         from eagle_hub.hub_cards.model_card import record_eval_results
 

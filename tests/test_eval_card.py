@@ -3,6 +3,7 @@ model-index), the paper's figures and the comparison table, and the processor ta
 
 import json
 import shutil
+import sys
 
 import pytest
 from conftest import make_image
@@ -134,3 +135,18 @@ def test_processor_takes_empty_videos_and_audios_and_refuses_others(processor):
         processor(images=[make_image()], text=[prompt], videos=[[make_image(), make_image()]])
     with pytest.raises(ValueError, match="audios= was given"):
         processor(text=["hi"], audios=[[0.0, 0.1]])
+
+
+def test_eagle_eval_without_lmms_eval_says_how_to_install_it(saved_folder, tmp_path, monkeypatch, capsys):
+    from eagle_hub.cli import main
+    from eagle_hub.evaluation import runner
+
+    monkeypatch.setitem(sys.modules, "lmms_eval", None)  # as if it were not installed
+    runner.lmms_eval_ready.cache_clear()
+    try:
+        code = main(["eval", str(saved_folder), "--tasks", "pope", "--output", str(tmp_path / "out")])
+    finally:
+        runner.lmms_eval_ready.cache_clear()
+    assert code == 2
+    assert "lmms-eval is not installed" in capsys.readouterr().err and "scripts/setup.sh --eval" in runner.SETUP_HINT
+    assert not (tmp_path / "out").exists()
