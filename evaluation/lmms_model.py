@@ -395,8 +395,8 @@ class EagleLmms(lmms):
         """Sum of the log-probabilities of the reply's tokens after the prompt, and whether greedy decoding picks
         every one of them."""
         key = (prompt, len(images))
-        if key not in self._prompt_ids:  # multiple-choice requests share their prompt
-            self._prompt_ids[key] = self._encode([prompt], images)["input_ids"][0]
+        if key not in self._prompt_ids:  # a multiple-choice question's requests come together and share it
+            self._prompt_ids = {key: self._encode([prompt], images)["input_ids"][0]}
         prompt_ids = self._prompt_ids[key]
         inputs = self._encode([prompt + reply], images)
         ids = inputs["input_ids"][0]
