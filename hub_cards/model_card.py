@@ -23,9 +23,11 @@ from a recipe)::
     {"task": {"type": "visual-question-answering", "name": "Visual question answering"},   # or just the type
      "dataset": {"name": "Synthetic shapes", "type": "synthetic-shapes", "split": "test", "config": null},
      "metrics": [{"name": "Accuracy", "type": "accuracy", "value": 0.97}],
-     "source": {"name": "eagle eval", "url": "https://..."}}                                 # optional
+     "source": {"name": "eagle eval", "url": "https://..."},                                 # optional
+     "verified": false}                                                   # optional; false: self-reported
 
-Evaluation results become ``EvalResult`` objects, hence the card's ``model-index``.
+Evaluation results become ``EvalResult`` objects, hence the card's ``model-index``. ``eagle eval`` adds its entries
+with :func:`record_eval_results`: a rerun replaces the entries of the tasks it ran and keeps the others.
 """
 
 import json
@@ -232,9 +234,67 @@ def _eval_entry(entry, where: str) -> list[EvalResult]:
                 metric_value=metric["value"],
                 source_name=source.get("name"),
                 source_url=source.get("url"),
+                verified=entry.get("verified"),
             )
         )
     return results
+
+
+def _entry_key(entry) -> tuple:
+    """What makes two ``eval_results.json`` entries the same evaluation: the task (its name, else its type) and the
+    dataset (id and config). The split is not part of it: a full run replaces a partial one (``test[:4]``)."""
+    if not isinstance(entry, dict):
+        return (id(entry),)
+    task = entry.get("task") or {}
+    task = {"type": task} if isinstance(task, str) else task
+    dataset = entry.get("dataset") or {}
+    return (task.get("name") or task.get("type"), dataset.get("type"), dataset.get("config"))
+
+
+def merge_eval_results(existing, new: list[dict]) -> list[dict]:
+    """``existing`` entries (a dict, a list of them, or None) updated with ``new`` ones: a new entry takes the place
+    of the existing entries for the same task and dataset; the others are kept, in order; the rest are appended."""
+    existing = [] if existing is None else existing if isinstance(existing, list) else [existing]
+    incoming = {_entry_key(entry): entry for entry in new}
+    merged, placed = [], set()
+    for entry in existing:
+        key = _entry_key(entry)
+        if key in incoming:
+            if key not in placed:
+                merged.append(incoming[key])
+                placed.add(key)
+            continue
+        merged.append(entry)
+    return merged + [entry for key, entry in incoming.items() if key not in placed]
+
+
+def _with_eval_section(text: str, section: str) -> str:
+    """The card's text with the body of its ``## Evaluation`` section replaced (or the section appended)."""
+    pattern = re.compile(r"^## Evaluation[ \t]*\n.*?(?=^## |\Z)", re.S | re.M)
+    block = f"## Evaluation\n\n{section}\n\n"
+    if pattern.search(text):
+        return pattern.sub(lambda _: block, text, count=1)
+    return text.rstrip() + "\n\n" + block
+
+
+def record_eval_results(folder, entries: list[dict]) -> Path:
+    """Merge ``entries`` into ``<folder>/eval_results.json`` (:func:`merge_eval_results`); when the folder has a card
+    (``README.md``), rewrite its ``model-index`` and its evaluation table from the merged results. A folder without
+    a card gets them in the one generated from the folder (``eagle push``). Returns the ``eval_results.json`` path."""
+    folder = Path(folder)
+    path = folder / EVAL_FILE
+    merged = merge_eval_results(_read_json(path, "the evaluation results") if path.is_file() else None, entries)
+    results = load_eval_results(merged)  # refuses an entry the card could not show
+    path.write_text(json.dumps(merged, indent=2) + "\n")
+    readme = folder / "README.md"
+    if readme.is_file():
+        card = ModelCard.load(readme)
+        data = card.data
+        data.model_name = data.model_name or folder.resolve().name  # the model-index needs one
+        data.eval_results = results
+        text = _with_eval_section(card.text, _eval_section(results))
+        ModelCard(f"---\n{data.to_yaml()}\n---\n\n{text.lstrip()}").save(readme)
+    return path
 
 
 # ------------------------------------------------------------------------------------------------------ the card

@@ -21,6 +21,15 @@ def _count_images(images) -> int:
     return 1
 
 
+def _is_empty(media) -> bool:
+    """None, or lists (nested or not) holding nothing: what a harness passes for a sample without that medium."""
+    if media is None:
+        return True
+    if isinstance(media, (list, tuple)):
+        return all(_is_empty(item) for item in media)
+    return False
+
+
 class EagleProcessor(ProcessorMixin):
     skip_tensor_conversion = ["pixel_values", "video_metadata", "text_replacement_offsets"]
 
@@ -44,7 +53,17 @@ class EagleProcessor(ProcessorMixin):
             )
         super().__init__(image_processor, tokenizer, chat_template=chat_template)
 
-    def __call__(self, images=None, text=None, **kwargs):
+    def __call__(self, images=None, text=None, videos=None, audio=None, **kwargs):
+        # Harnesses such as lmms-eval's generic model pass videos= and audios= with every request, empty for image
+        # tasks: empty ones are accepted and dropped; Eagle has no video or audio input, so anything else is refused.
+        for name, media in (("videos", videos), ("audio", audio), ("audios", kwargs.pop("audios", None))):
+            if not _is_empty(media):
+                raise ValueError(
+                    f"Eagle takes images and text only, but {name}= was given; pass video frames as images "
+                    f"(one {self.image_token} each) and leave {name} empty"
+                )
+        if _is_empty(images):
+            images = None
         if text is not None:
             texts = [text] if isinstance(text, str) else list(text)
             n_tokens = sum(t.count(self.image_token) for t in texts)
