@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eagle_hub.modeling_eagle.locations import is_hub_id
+from eagle_hub.processing.locations import is_hub_id
 
 from . import LMMS_EVAL_VERSION, SETUP_HINT, TASKS_DIR
 from .benchmarks import BY_TASK
