@@ -6,11 +6,13 @@
   module touching its internals, importing nothing from this package.
 - ``server``: ``serve()``, the adaptation and transformers' ``Serve`` pinned to one model; ``running_server()``, a
   server subprocess that is always stopped.
+- ``measure``: ``measure_serving()``, the server against ``model.generate`` on the same prompts (``eagle bench``).
 
 Importing this package imports neither torch nor transformers.
 """
 
 from .adaptation import check_stack, install
+from .measure import measure_serving
 from .server import eagle_serve_command, free_port, running_server, serve
 
 __all__ = [
@@ -18,6 +20,7 @@ __all__ = [
     "eagle_serve_command",
     "free_port",
     "install",
+    "measure_serving",
     "running_server",
     "serve",
 ]

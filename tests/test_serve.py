@@ -23,7 +23,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 import eagle_hub.serving.adaptation
 from eagle_hub.cli import main
 from eagle_hub.hub_cards.fresh_process import PRELUDE
-from eagle_hub.serving import check_stack, eagle_serve_command, free_port, running_server
+from eagle_hub.serving import check_stack, eagle_serve_command, free_port, measure_serving, running_server
 
 TOKENS = 12
 
@@ -372,6 +372,14 @@ def test_generate_takes_the_processor_as_tokenizer(model, processor):
     inputs = processor(text=[prompt], return_tensors="pt")
     output = model.generate(**inputs, max_new_tokens=3, do_sample=False, stop_strings=["zz"], tokenizer=processor)
     assert output.shape[1] == inputs["input_ids"].shape[1] + 3
+
+
+@pytest.mark.slow
+def test_measure_serving_reports_the_bench_row(saved_folder):
+    row = measure_serving(folder=saved_folder, requests=2, clients=2, max_tokens=4, repeats=1, warmup=0)
+    assert row["answers_equal"] is True
+    for key in ("server_over_direct", "server_over_direct_ttft", "clients_over_one", "server_requests_per_s"):
+        assert row[key] > 0
 
 
 def test_cli_refuses_a_missing_folder(capsys):
