@@ -269,6 +269,9 @@ def _sampling(build):
             raise RequestError(f"temperature must be between 0 and 2, got {temperature}", param="temperature")
         if top_p is not None and not 0 < float(top_p) <= 1:
             raise RequestError(f"top_p must be in (0, 1], got {top_p}", param="top_p")
+        stops = [body["stop"]] if isinstance(body.get("stop"), str) else body.get("stop") or []
+        if not isinstance(stops, list) or not all(isinstance(stop, str) for stop in stops):
+            raise RequestError("stop must be a string or a list of strings", param="stop")
         for key in ("max_tokens", "max_completion_tokens"):
             if body.get(key) is not None and int(body[key]) < 1:
                 raise RequestError(f"{key} must be at least 1, got {body[key]}", param=key)

@@ -254,6 +254,7 @@ BAD_REQUESTS = {
     "no messages": ({"messages": []}, 400, "non-empty list"),
     "temperature out of range": ({"temperature": 7}, 400, "temperature"),
     "max_tokens 0": ({"max_tokens": 0}, 400, "max_tokens"),
+    "stop not a string": ({"stop": 5}, 400, "stop must be"),
 }
 
 
