@@ -14,6 +14,7 @@
 
 import base64
 import io
+import os
 import statistics
 import tempfile
 import time
@@ -45,19 +46,30 @@ def measure_serving(
     max_tokens: int = 16,
     repeats: int = 5,
     warmup: int = 1,
+    threads: int | None = None,
 ) -> dict:
     """Requests per second and time to first token through ``eagle serve`` and by calling ``model.generate``
     directly, and the server's throughput with ``clients`` clients against one. ``folder``: serve this folder
-    instead of a fresh random-weight ``preset``."""
-    with tempfile.TemporaryDirectory(prefix="eagle-serve-bench-") as scratch:
-        if folder is None:
-            from eagle_hub.modeling_eagle.hub_folder import init_folder
+    instead of a fresh random-weight ``preset``. ``threads``: torch's CPU threads, here and in the server (default:
+    this process's)."""
+    import torch
 
-            folder = init_folder(preset, Path(scratch) / preset)
-        return _measure(Path(folder), Path(scratch), device, dtype, requests, clients, max_tokens, repeats, warmup)
+    threads = threads or torch.get_num_threads()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with tempfile.TemporaryDirectory(prefix="eagle-serve-bench-") as scratch:
+            if folder is None:
+                from eagle_hub.modeling_eagle.hub_folder import init_folder
+
+                folder = init_folder(preset, Path(scratch) / preset)
+            settings = (device, dtype, requests, clients, max_tokens, repeats, warmup, threads)
+            return _measure(Path(folder), Path(scratch), *settings)
+    finally:
+        torch.set_num_threads(before)
 
 
-def _measure(folder, scratch, device, dtype, requests, clients, max_tokens, repeats, warmup) -> dict:
+def _measure(folder, scratch, device, dtype, requests, clients, max_tokens, repeats, warmup, threads) -> dict:
     import numpy as np
     import torch
     from openai import OpenAI
@@ -88,7 +100,8 @@ def _measure(folder, scratch, device, dtype, requests, clients, max_tokens, repe
 
     port = free_port()
     command = eagle_serve_command(folder, port, "--device", device, "--dtype", dtype)
-    with running_server(command, port, scratch / "server.log") as base_url:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}  # the same number of threads as the direct calls
+    with running_server(command, port, scratch / "server.log", env=env) as base_url:
         client = OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=600)
 
         def served(index: int, tokens: int) -> str:
@@ -126,7 +139,7 @@ def _measure(folder, scratch, device, dtype, requests, clients, max_tokens, repe
         "folder": str(folder),
         "device": device,
         "dtype": dtype,
-        "threads": torch.get_num_threads(),
+        "threads": threads,
         "requests": requests,
         "clients": clients,
         "max_tokens": max_tokens,

@@ -65,7 +65,8 @@ def server(saved_folder, tmp_path_factory):
     port = free_port()
     options = ("--dtype", "float32", "--device", "cpu", "--image-dir", str(image_dir))
     log = scratch / "server.log"
-    with running_server(eagle_serve_command(saved_folder, port, *options), port, log) as base_url:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # a shared 2-core machine: one thread is faster and steadier
+    with running_server(eagle_serve_command(saved_folder, port, *options), port, log, env=env) as base_url:
         yield SimpleNamespace(url=base_url, model=str(saved_folder), log=log, image_dir=image_dir)
 
 
@@ -330,7 +331,7 @@ def test_served_without_the_package_from_the_folders_remote_code(saved_folder, r
     generation, with the same answers."""
     port = free_port()
     command = [sys.executable, "-c", PRELUDE + BARE_SERVER, eagle_hub.serving.adaptation.__file__, saved_folder, port]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "OMP_NUM_THREADS": "1"}
     env.pop("PYTHONPATH", None)
     with running_server([str(part) for part in command], port, tmp_path / "server.log", env=env) as url:
         bare = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=120)
