@@ -1,5 +1,6 @@
 """``eagle serve``: an OpenAI-compatible server (chat completions with images, streaming) for a model folder."""
 
+import socket
 from pathlib import Path
 
 from .common import UserError, existing_folder
@@ -52,17 +53,25 @@ def run(args) -> None:
         raise UserError(f"--image-dir {args.image_dir}: no such folder")
     if any(importlib.util.find_spec(name) is None for name in ("fastapi", "uvicorn", "openai")):
         raise UserError("serving needs transformers' serving extra: pip install 'eagle-hub[serve]'")
+    try:  # before loading the model, which can take minutes
+        family = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)[0][0]
+        socket.create_server((args.host, args.port), family=family).close()  # with SO_REUSEADDR, as uvicorn
+    except OSError as error:
+        raise UserError(f"--host {args.host} --port {args.port}: cannot listen there ({error.strerror})") from None
     from eagle_hub.serving import serve
 
-    serve(
-        model,
-        host=args.host,
-        port=args.port,
-        dtype=args.dtype,
-        device=args.device,
-        attn_implementation=args.attn_implementation,
-        quantization=args.quantization,
-        continuous_batching=args.continuous_batching,
-        image_dir=args.image_dir,
-        log_level=args.log_level,
-    )
+    try:
+        serve(
+            model,
+            host=args.host,
+            port=args.port,
+            dtype=args.dtype,
+            device=args.device,
+            attn_implementation=args.attn_implementation,
+            quantization=args.quantization,
+            continuous_batching=args.continuous_batching,
+            image_dir=args.image_dir,
+            log_level=args.log_level,
+        )
+    except OSError as error:  # the model cannot be loaded: not on the Hub, offline and not cached, unreadable files
+        raise UserError(f"{args.model}: {error}") from None

@@ -5,6 +5,7 @@ with greedy ``generate`` in this process on the same messages."""
 import base64
 import io
 import os
+import socket
 import struct
 import sys
 import tempfile
@@ -384,9 +385,12 @@ def test_measure_serving_reports_the_bench_row(saved_folder):
         assert row[key] > 0
 
 
-def test_cli_refuses_a_missing_folder(capsys):
+def test_cli_refuses_a_missing_folder_or_a_busy_port(capsys, saved_folder):
     assert main(["serve", "no/such/folder/here"]) == 2
     assert "no such folder" in capsys.readouterr().err
     with tempfile.TemporaryDirectory() as empty:
         assert main(["serve", empty]) == 2
         assert "no config.json" in capsys.readouterr().err
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        assert main(["serve", str(saved_folder), "--port", str(busy.getsockname()[1])]) == 2
+        assert "cannot listen there" in capsys.readouterr().err
