@@ -28,7 +28,10 @@ requests   a missing ``messages`` is a KeyError (500); another model's name a 40
 sampling   ``ChatCompletionHandler._build_generation_config`` starts from the folder's generation_config
            (do_sample=false), so temperature and top_p did nothing; and it seeds torch when the request arrives, on
            the event loop, not when its generation runs on the generation thread (a queued request lost its seed).
-           -> temperature > 0 or top_p < 1 turn sampling on; the seed is applied in the model's ``generate``.
+           -> temperature > 0 or top_p < 1 turn sampling on; the seed is applied in the model's ``generate``;
+           temperature, top_p, max_tokens and stop are checked (400) rather than failing inside ``generate``.
+stop       generation gets the processor as ``tokenizer=``, and stop strings need a tokenizer's vocabulary.
+           -> fixed in the model: ``EagleForConditionalGeneration.generate`` unwraps it (remote code has it too).
 5.20 only  ``/v1/models`` scans the Hub cache (a 500 without one; a local folder is never listed);
            ``max_completion_tokens`` is ignored; an echoed assistant message with ``"tool_calls": null`` crashes.
 
