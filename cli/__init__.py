@@ -13,10 +13,10 @@ traceback instead.
 import argparse
 import sys
 
-from . import bench, convert, data, demo, eval, generate, init, push, quickstart, train
+from . import bench, convert, data, demo, eval, generate, init, push, quickstart, serve, train
 from .common import UserError
 
-COMMANDS = (init, generate, convert, train, quickstart, eval, data, push, demo, bench)
+COMMANDS = (init, generate, convert, train, quickstart, eval, data, push, demo, serve, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -406,6 +406,12 @@ class EagleForConditionalGeneration(EaglePreTrainedModel, GenerationMixin):
             image_outputs=outputs.image_outputs,
         )
 
+    def generate(self, *args, **kwargs):
+        # transformers serve passes its processor as `tokenizer`; stop strings need the tokenizer's vocabulary.
+        if kwargs.get("tokenizer") is not None:
+            kwargs["tokenizer"] = getattr(kwargs["tokenizer"], "tokenizer", kwargs["tokenizer"])
+        return super().generate(*args, **kwargs)
+
     def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
         # The generic version repeats only top-level tensors; the per-expert list needs the same treatment.
         pixel_values = merge_expert_inputs(model_kwargs.pop("pixel_values", None))
