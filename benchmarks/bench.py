@@ -57,6 +57,9 @@ that the tables print next to it.
   (memory does not vary from step to step as time does; each peak covers the warm-up and the timed steps).
 - ``vision_tower_no_sync`` (pass/fail, no ratio): the tower runs on the meta device without raising and without
   feeding a CPU tensor to a device op; on CUDA it also runs under ``torch.cuda.set_sync_debug_mode("error")``.
+- ``serving_overhead`` (<= 1.15, where the serve extra is installed), paired: the time of a round of requests
+  through ``eagle serve`` (official openai client, one at a time) / the same prompts through ``model.generate``
+  (``eagle_hub.serving.measure_serving`` says how the round is made).
 """
 
 import contextlib
@@ -880,7 +883,7 @@ def compute_bars(results: dict) -> dict:
             "pass": no_sync["pass"] and results["no_sync_cuda"]["pass"],
         }
     batch = batching["batch"]
-    return {
+    bars = {
         "prefill_glue": bar(
             prefill["eagle_over_parts"],
             1.05,
@@ -929,9 +932,42 @@ def compute_bars(results: dict) -> dict:
             "pass": no_sync["pass"],
         },
     }
+    serving = results.get("serving")
+    if serving:  # measured where the serve extra is installed
+        bars["serving_overhead"] = bar(
+            serving["server_over_direct"],
+            1.15,
+            "<=",
+            "requests through eagle serve (openai client, one at a time) over model.generate on the same prompts",
+            {k: serving[k] for k in ("server_requests_per_s", "direct_requests_per_s")},
+        )
+    return bars
 
 
 # --------------------------------------------------------------------------------------------------- the run
+
+
+def measure_serving_row(settings: Settings) -> dict | None:
+    """``eagle serve`` against ``model.generate`` on the same prompts (``eagle_hub.serving.measure_serving``); None
+    without the serve extra."""
+    import importlib.util
+
+    if importlib.util.find_spec("openai") is None or importlib.util.find_spec("fastapi") is None:
+        logger.warning("bench: no serving row (pip install 'eagle-hub[serve]')")
+        return None
+    from eagle_hub.serving import measure_serving
+
+    return measure_serving(
+        PRESETS[settings.preset],
+        device=settings.device,
+        dtype=settings.dtype,
+        repeats=min(settings.repeats, 5),
+        warmup=min(settings.warmup, 1),
+        max_tokens=min(settings.decode_tokens, 16),
+        clients=settings.batch,
+        requests=settings.batch,
+        threads=torch.get_num_threads(),
+    )
 
 
 def device_name(device: torch.device) -> str:
@@ -976,6 +1012,8 @@ def run_benchmark(settings: Settings) -> dict:
     del models
     logger.info("bench: training steps")
     results["training"] = measure_training(settings)
+    logger.info("bench: serving")
+    results["serving"] = measure_serving_row(settings)
     results["bars"] = compute_bars(results)
     results["wall_s"] = round(time.perf_counter() - started, 1)
     return results
@@ -1016,6 +1054,8 @@ def format_table(results: dict) -> str:
     lines += vision_lines(results)
     lines += inference_lines(results)
     lines += training_lines(results["training"])
+    if results.get("serving"):
+        lines += serving_lines(results["serving"])
     lines += bar_lines(results["bars"])
     lines.append(f"\n{results['wall_s']} s")
     return "\n".join(lines)
@@ -1099,6 +1139,22 @@ def training_lines(training: dict) -> list[str]:
         rows.append(row)
     title = f"training step, batch {training['batch']} (step time / peak memory added)"
     return table(title, ["", "Eagle", "LLaVA", "LLM"], rows)
+
+
+def serving_lines(serving: dict) -> list[str]:
+    title = f"serving: eagle serve and the openai client, {serving['requests']} requests of one image each"
+    header = ["", "model.generate", "server, 1 client", f"server, {serving['clients']} clients"]
+    keys = ("direct_requests_per_s", "server_requests_per_s", "server_requests_per_s_clients")
+    ttft = [serving["direct_time_to_first_token_ms"], serving["server_time_to_first_token_ms"], None]
+    rows = [
+        [f"requests/s ({serving['max_tokens']} tokens)", *(cell(serving[key], 2) for key in keys)],
+        ["time to first token ms", *(cell(v, 1) for v in ttft)],
+    ]
+    return table(title, header, rows) + [
+        f"  server / direct: {serving['server_over_direct']:.3f} (requests), "
+        f"{serving['server_over_direct_ttft']:.3f} (time to first token); {serving['clients']} clients / 1: "
+        f"{serving['clients_over_one']:.3f}; answers equal: {serving['answers_equal']}"
+    ]
 
 
 def bar_lines(bars: dict) -> list[str]:

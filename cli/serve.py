@@ -40,7 +40,7 @@ def add_parser(commands) -> None:
 def run(args) -> None:
     import importlib.util
 
-    from eagle_hub.modeling_eagle.locations import is_hub_id
+    from eagle_hub.processing.locations import is_hub_id
 
     folder = Path(args.model).expanduser()
     if folder.exists():

@@ -2,6 +2,7 @@
 
 import math
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,16 @@ from eagle_hub.modeling_eagle.presets import eagle_config  # noqa: E402
 from eagle_hub.processing.local_tokenizer import build_tokenizer  # noqa: E402
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def installed_folders() -> dict[str, Path]:
+    """Installed package name -> repository folder: pyproject's ``[tool.setuptools.package-dir]`` (what pip maps)."""
+    text = (ROOT / "pyproject.toml").read_text()
+    section = text.split("[tool.setuptools.package-dir]", 1)[1].split("\n[", 1)[0]
+    return {name: ROOT / folder for name, folder in re.findall(r'^"([\w.]+)" = "([\w/]+)"$', section, flags=re.M)}
+
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import tomllib
+from conftest import installed_folders
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,12 +23,6 @@ LAYERS = (
     ("cli", ("eagle_hub.cli",)),
 )
 HEAVY = ("torch", "transformers", "datasets", "trl", "peft", "accelerate", "safetensors")
-
-
-def installed_folders() -> dict[str, Path]:
-    """Package name -> repository folder, from pyproject's package-dir (what `pip install` maps)."""
-    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    return {package: ROOT / folder for package, folder in setuptools["package-dir"].items()}
 
 
 def modules() -> dict[str, Path]:
