@@ -135,7 +135,9 @@ def test_a_two_candidate_one_round_search_writes_every_trial_the_table_and_the_p
     )
     assert lines[2].startswith("| 0 | **CLIP** |") and lines[3].startswith("| 1 | ")
     assert "CLIP + DINOv2" in lines[3] and "CLIP + SAM" in lines[4]
-    assert lines[-1].startswith("Chosen path: CLIP")
+    assert lines[-2].startswith("Chosen path: CLIP")
+    assert record["trials_wall_seconds"] == pytest.approx(sum(t["wall_seconds"] for t in trials))
+    assert lines[-1] == f"3 trials, {record['trials_wall_seconds'] / 60:.1f} min of trial wall time in all."
     png = (output / "search.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
     assert any("round 1: CLIP + one of DINOv2, SAM" in line for line in logged)
@@ -206,3 +208,14 @@ def test_a_search_killed_mid_trial_resumes_without_retraining_the_finished_one(t
     assert (output / "trials" / "clip" / "trial.log").read_text().count("== trial ") == 1
     record = json.loads((output / "search.json").read_text())
     assert [t["experts"] for t in record["trials"]] == [["clip"], ["clip", "sam"]]
+
+
+@pytest.mark.slow
+def test_trials_run_under_accelerate_launch(tmp_path):
+    """--launcher: each trial trains in two processes (DDP over gloo on the CPU); the main one scores and writes."""
+    config = ROOT / "training" / "accelerate" / "cpu-2proc.yaml"
+    launcher = f"{sys.executable} -m accelerate.commands.launch --config_file {config}"
+    record = quickstart_search(tmp_path / "search", budget=BUDGET, candidates="clip", start="clip", launcher=launcher)
+    assert [t["experts"] for t in record["trials"]] == [["clip"]]
+    log = (tmp_path / "search" / "trials" / "clip" / "trial.log").read_text()
+    assert "[rank1]" in log and "[rank0]" in log

@@ -54,7 +54,7 @@ RESULT = "result.json"
 
 # `eagle search-experts --quickstart`: the quickstart's data and recipe at a budget whose whole search (16 trials at
 # most: the start, then 5 + 4 + 3 + 2 + 1 candidates) ends within an hour on 2 CPU cores (README, "Expert search").
-SEARCH_BUDGET = Budget(n_images=1500, prealign_steps=10, align_steps=15, word_steps=0, sft_steps=250)
+SEARCH_BUDGET = Budget(n_images=2000, prealign_steps=10, align_steps=20, word_steps=0, sft_steps=500)
 
 
 def label(experts) -> str:
@@ -272,8 +272,9 @@ class TrialRunner:
                 self.log(f"  {label(experts):<40} finished earlier: average {result['average']:.1%}")
         todo = [experts for experts in sets if results[experts] is None]
         env = dict(os.environ)
-        if self.jobs > 1 and "OMP_NUM_THREADS" not in env:  # share the cores instead of oversubscribing them
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.jobs))
+        parallel = min(self.jobs, len(todo))
+        if parallel > 1 and "OMP_NUM_THREADS" not in env:  # share the cores instead of oversubscribing them
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
         running, failed = {}, []
         try:
             while (todo and not failed) or running:
@@ -360,7 +361,9 @@ def search_experts(
             "trials": trials,
             "path": [list(experts) for experts in path],
             "stopped": stopped,
+            # This run of the command (a resumed search reads earlier trials), and every trial's own wall time.
             "wall_seconds": time.perf_counter() - started,
+            "trials_wall_seconds": sum(trial["wall_seconds"] for trial in trials),
         }
         write_json_atomically(output / "search.json", search)
         (output / "search.md").write_text(format_table(search))
@@ -377,6 +380,7 @@ def search_experts(
     current = add(0, start, runner.run([start])[start], None)
     current["chosen"] = True
     path.append(start)
+    record(None)
     stopped, round_index = None, 0
     while stopped is None:
         remaining = [name for name in candidates if name not in current["experts"]]
@@ -460,6 +464,8 @@ def format_table(search: dict) -> str:
     steps = [label(search["path"][0])] + [f"+ {LABELS.get(e[-1], e[-1])}" for e in search["path"][1:]]
     lines.append("")
     lines.append(f"Chosen path: {' → '.join(steps)}. Stopped: {search['stopped'] or 'still running'}.")
+    minutes = search.get("trials_wall_seconds", 0) / 60
+    lines.append(f"{len(trials)} trials, {minutes:.1f} min of trial wall time in all.")
     return "\n".join(lines) + "\n"
 
 
@@ -507,7 +513,7 @@ def plot_search(search: dict, path: Path) -> None:
     axes.set_ylabel("average held-out exact match (%)")
     axes.set_title("Round-robin expert search", fontsize=10)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8, loc="lower right")
+    axes.legend(fontsize=8, loc="upper left")
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
