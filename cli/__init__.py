@@ -3,6 +3,7 @@
     eagle init --preset eagle-x5-tiny --output eagle-tiny      # random, Hub-ready folder
     eagle generate --model eagle-tiny --image cat.png --prompt "What is in the picture?"
     eagle quickstart                                           # train, evaluate and serve eagle-x5-small
+    eagle search-experts --quickstart                          # the paper's round-robin search for the experts
 
 Building the parser imports no torch or transformers: a command imports what it needs when it runs. Paths given
 on the command line are relative to the working directory. A user error (a missing file, a bad preset, an existing
@@ -13,10 +14,10 @@ traceback instead.
 import argparse
 import sys
 
-from . import bench, convert, data, demo, eval, generate, init, push, quickstart, serve, train
+from . import bench, convert, data, demo, eval, generate, init, push, quickstart, search_experts, serve, train
 from .common import UserError
 
-COMMANDS = (init, generate, convert, train, quickstart, eval, data, push, demo, serve, bench)
+COMMANDS = (init, generate, convert, train, quickstart, search_experts, eval, data, push, demo, serve, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

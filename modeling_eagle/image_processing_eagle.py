@@ -61,8 +61,8 @@ class EagleImageProcessorKwargs(ImagesKwargs, total=False):
     """
     experts (`list[dict]`, *optional*):
         One entry per vision expert, in model order: `name`, `type` (`clip`, `convnext`, `sam`, `eva02`,
-        `pix2struct`), `image_size`, `image_mean`/`image_std` (3 floats; `None` for Pix2Struct), and for Pix2Struct
-        `max_patches` and `patch_size` (default 16).
+        `pix2struct`, `dinov2`), `image_size`, `image_mean`/`image_std` (3 floats; `None` for Pix2Struct), and for
+        Pix2Struct `max_patches` and `patch_size` (default 16).
     mode (`str`, *optional*, defaults to `"per_expert"`):
         `"per_expert"` (each expert at its own size and normalisation) or `"released"` (the authors' shared
         1024 tensor, reproducing the released checkpoints' preprocessing).

@@ -20,6 +20,7 @@ from transformers.utils import ModelOutput, logging
 from .configuration_eagle import EagleConfig, EagleVisionConfig
 from .expert_clip import ClipExpert
 from .expert_convnext import ConvNextExpert
+from .expert_dinov2 import Dinov2Expert
 from .expert_eva02 import Eva02Expert
 from .expert_pix2struct import Pix2StructExpert
 from .expert_sam import SamExpert
@@ -56,7 +57,8 @@ EagleCausalLMOutputWithPast = _output_class(
 QUANTIZATION_SKIP_MODULES = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
 
 EXPERT_CLASSES: dict[str, type[VisionExpert]] = {
-    cls.expert_type: cls for cls in (ClipExpert, ConvNextExpert, SamExpert, Eva02Expert, Pix2StructExpert)
+    cls.expert_type: cls
+    for cls in (ClipExpert, ConvNextExpert, SamExpert, Eva02Expert, Pix2StructExpert, Dinov2Expert)
 }
 
 

@@ -80,6 +80,23 @@ FULL_EXPERTS = {
             "dense_act_fn": "gelu_new",
         },
     },
+    # Not in the released X5/X4: DINOv2 ViT-L/14 (facebook/dinov2-large), a candidate of the paper's expert search.
+    # Pretrained at 518 px (a 37x37 position table); at the presets' 448 px its map is 32x32.
+    "dinov2": {
+        "type": "dinov2",
+        "image_mean": IMAGENET_MEAN,
+        "image_std": IMAGENET_STD,
+        "config": {
+            "hidden_size": 1024,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 16,
+            "mlp_ratio": 4,
+            "patch_size": 14,
+            "image_size": 518,
+            "layerscale_value": 1.0,
+            "layer_norm_eps": 1e-6,
+        },
+    },
 }
 
 TINY_EXPERTS = {
@@ -151,6 +168,21 @@ TINY_EXPERTS = {
             "seq_len": 64,
             "layer_norm_eps": 1e-6,
             "dense_act_fn": "gelu_new",
+        },
+    },
+    "dinov2": {
+        "type": "dinov2",
+        "image_size": 56,
+        "image_mean": IMAGENET_MEAN,
+        "image_std": IMAGENET_STD,
+        # Pretrained at 42 px (3x3 patches): the 56 px input exercises position interpolation.
+        "config": {
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "mlp_ratio": 2,
+            "patch_size": 14,
+            "image_size": 42,
         },
     },
 }
@@ -234,6 +266,21 @@ SMALL_EXPERTS = {
             "seq_len": 64,
             "layer_norm_eps": 1e-6,
             "dense_act_fn": "gelu_new",
+        },
+    },
+    # Not in eagle-x5-small's five: the sixth candidate of `eagle search-experts --quickstart`, at CLIP's widths.
+    "dinov2": {
+        "type": "dinov2",
+        "image_size": 64,
+        "image_mean": IMAGENET_MEAN,
+        "image_std": IMAGENET_STD,
+        "config": {
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "mlp_ratio": 2,
+            "patch_size": 8,
+            "image_size": 64,
         },
     },
 }

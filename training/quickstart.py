@@ -111,7 +111,24 @@ def quickstart_recipe(data_root: str, seed: int, budget: Budget, experts=None, p
         stages.append({"name": "stage3a-sft-words", "data": words, "max_steps": budget.word_steps, **stage3})
     mixed = {"format": "hf", "path": "hf/sft"}
     stages.append({"name": "stage3-sft", "data": mixed, "max_steps": budget.sft_steps, **stage3})
-    return {"model": model, "seed": seed, "data_root": data_root, "stages": stages}
+    held_out = {"format": "hf", "path": "hf/sft_heldout"}  # what `evaluate` scores; `eagle train` ignores it
+    return {"model": model, "seed": seed, "data_root": data_root, "eval": held_out, "stages": stages}
+
+
+def make_data(folder: Path, n_images: int, seed: int, scene: str = "uniform", overwrite: bool = False) -> dict:
+    """The quickstart's synthetic data in ``folder`` (``hf/sft``, ``hf/sft_word``, ``hf/captions``,
+    ``hf/sft_heldout``, ...); returns ``training.synth``'s manifest."""
+    return generate(
+        folder,
+        n=n_images,
+        seed=seed,
+        image_size=128,
+        questions_per_image=5,
+        conversations=True,
+        focus_types=("word",),
+        scene=scene,
+        overwrite=overwrite,
+    )
 
 
 def evaluate(folder: Path, heldout, batch_size: int = 32) -> dict:
@@ -221,16 +238,7 @@ def quickstart(
         raise FileExistsError(f"{output} is not empty; choose another --output or remove it")
     started = time.perf_counter()
     data = output / "data"
-    generate(
-        data,
-        n=budget.n_images,
-        seed=seed,
-        image_size=128,
-        questions_per_image=5,
-        conversations=True,
-        focus_types=("word",),
-        scene=scene,
-    )
+    make_data(data, budget.n_images, seed, scene)
     heldout = load_from_disk(str(data / "hf" / "sft_heldout"))
 
     recipe = write_recipe(output / "recipe.yaml", quickstart_recipe("data", seed, budget))

@@ -7,6 +7,8 @@ model: {preset: eagle-x5-tiny}          # or {path: ./a-folder}; optional dtype:
                                         # preset: chat_template, tokenizer_corpus, overrides, zero_query_init
 seed: 0
 data_root: ./data                       # optional; relative data paths start here (default: the recipe's folder)
+eval: {format: hf, path: hf/sft_heldout}  # optional held-out split (same rules as a stage's data); `eagle train`
+                                        # ignores it, `eagle search-experts` scores each trial on it
 stages:
   - name: stage1-prealign               # the stage's folder under the output directory
     kind: prealign                      # prealign (each expert alone, own projector) | align | sft
@@ -98,6 +100,7 @@ class Recipe:
     stages: list[Stage]
     seed: int = 0
     data_root: str | None = None
+    eval: DataSpec | None = None
     base_dir: Path = field(default_factory=Path.cwd)
 
     @property
@@ -220,7 +223,8 @@ def parse_recipe(raw, base_dir: Path) -> Recipe:
     data_root = raw.get("data_root")
     if data_root is not None and not isinstance(data_root, str):
         _fail("data_root", f"expected a folder path, got {data_root!r}")
-    return Recipe(model=model, stages=stages, seed=seed, data_root=data_root, base_dir=base_dir)
+    held_out = None if raw.get("eval") is None else _parse_data(raw["eval"], "eval")
+    return Recipe(model=model, stages=stages, seed=seed, data_root=data_root, eval=held_out, base_dir=base_dir)
 
 
 def load_recipe(path) -> Recipe:
