@@ -14,26 +14,52 @@ Every figure comes from one run on one device, with the same inputs for every mo
   and a prompt of 32 text tokens around the image tokens. Timing starts from there.
 - Timing: warm-up, then the median of ``repeats`` runs; on GPU every timed region is bracketed by
   ``torch.cuda.synchronize``, and forward passes run under ``torch.inference_mode``. The runs a figure compares
-  are interleaved (one of each per repeat, in a rotating order), and a bar's ratio is the median over repeats of
+  are interleaved (one of each per repeat, in a rotating order), and a paired ratio is the median over repeats of
   the ratio within the repeat, so a slow spell on a shared machine slows both sides of it.
-- Vision: each expert alone on its own input, the whole tower, the projector. Analytic FLOPs per expert at its
-  resolution are counted by ``FlopCounterMode`` on the meta device (2 per multiply-add; no memory, so x5-7b is
-  counted on a CPU too). On GPU the tower's achieved FLOP/s over the device's dense bf16 peak.
-- Prefill: the model's forward on the whole prompt (cache on, logits of the last position); its parts alone are
-  the experts, the projector and the LLM's prefill. Time to first token: ``generate(max_new_tokens=1)`` from the
-  processor's output (tower, projector, prefill, first token).
+- Vision: each expert alone on its own input, the whole tower, the projector, and LLaVA's CLIP tower. Analytic
+  FLOPs per expert at its resolution, and of the CLIP tower, are counted by ``FlopCounterMode`` on the meta device
+  (2 per multiply-add; no memory, so x5-7b is counted on a CPU too). Achieved FLOP/s: the analytic FLOPs over the
+  median time; on GPU also the tower's over the device's dense bf16 peak.
+- Prefill and time to first token: ``generate(max_new_tokens=1)`` from the processor's output, timed whole as the
+  time to first token (TTFT); inside the same call the prefill is timed from the start of the model's first
+  forward (or of its vision tower, where generate encodes the images first, as for LLaVA) to the end of that
+  forward: the tower, the projector, the LLM's forward on the whole prompt with the cache on, and the logits of the
+  last position. TTFT adds generate's own work (input checks, cache and position setup, the greedy pick). The
+  prefill is a part of the TTFT call, so it never exceeds it; ``ttft_over_prefill`` is the median over repeats of
+  TTFT / prefill within the call. The prefill's parts alone are the experts, the projector and the bare LLM's
+  prefill, run in the same rounds.
 - Decode step: the model's forward on one new token with the KV cache, step after step from the prefilled
   prompt (Eagle's image is in its cache), interleaved with the bare LLM's step at the same cache length.
-- Decode tokens/s: from ``generate`` as (N - 1) / (t(N) - t(1)), with N new tokens forced by ``min_new_tokens``,
-  for 1 and for 8 requests.
+- Decode tokens/s: from ``generate`` with N new tokens (forced by ``min_new_tokens``) and with 1, run in the same
+  round: (N - 1) x requests / the median over repeats of t(N) - t(1), for 1 and for 8 requests.
 - Training: a warm-up step, then the median of a few steps (forward, backward, AdamW step) on a batch of a few
   samples, per stage, with the stages' real freezing: stage 2 (``align``) trains the projector, stage 3 (``sft``)
-  the experts, projector and LLM, as in ``training/recipes``, applied by the runner's ``StageSetupCallback``.
+  the experts, projector and LLM, as in ``training/recipes``, applied by the runner's ``set_trainable``.
   Peak memory is what the steps add to what the model and its inputs already hold (gradients, AdamW state,
   activations): on CUDA ``max_memory_allocated`` above the allocation before the first step; on CPU, where torch
   keeps no allocator statistics, each stage runs in a fresh process and the figure is its peak resident memory
   (``VmHWM``, reset before the first step) above its resident memory then.
-- ``bars`` are ratios of figures from this run, with their limits and pass/fail.
+
+Bars: each is computed from this run's figures and checked against its limit. "Paired" means the median over
+repeats of the ratio within each repeat (both sides ran in the same round), which is not the ratio of the medians
+that the tables print next to it.
+
+- ``prefill_glue`` (<= 1.05), paired: Eagle's prefill / (the five experts + the projector + the bare LLM's prefill,
+  each run alone).
+- ``decode_step`` (<= 1.05), paired: Eagle's decode step / the bare LLM's step at the same cache length.
+- ``tower_flop_rate`` (>= 0.9), paired: the tower's achieved FLOP/s over the LLaVA CLIP tower's, that is
+  (tower FLOPs / CLIP tower FLOPs) x (CLIP tower time / tower time), the FLOPs analytic and the times paired.
+- ``batched_decode`` (>= 2.5), paired: decode tokens/s of 8 requests batched over one request's, that is
+  8 x (t1(N) - t1(1)) / (t8(N) - t8(1)) within a repeat (1 and 8 requests, N and 1 new tokens, all in one round);
+  a repeat where either difference is not positive (noise larger than the decode) is left out.
+- ``batched_encode`` (<= 1.0), paired: the tower on 8 images as one batch / 8 x the tower on one image.
+- ``stage2_memory`` (<= 0.5), not a median: the peak memory a stage-2 step adds / a stage-3 step's, one peak each
+  (memory does not vary from step to step as time does; each peak covers the warm-up and the timed steps).
+- ``vision_tower_no_sync`` (pass/fail, no ratio): the tower runs on the meta device without raising and without
+  feeding a CPU tensor to a device op; on CUDA it also runs under ``torch.cuda.set_sync_debug_mode("error")``.
+- ``serving_overhead`` (<= 1.15, where the serve extra is installed), paired: the time of a round of requests
+  through ``eagle serve`` (official openai client, one at a time) / the same prompts through ``model.generate``
+  (``eagle_hub.serving.measure_serving`` says how the round is made).
 """
 
 import contextlib
@@ -50,11 +76,13 @@ from dataclasses import asdict, dataclass
 from functools import partial
 
 import torch
+
+# torch (2.6 to 2.13 at least) has no public import path for TorchDispatchMode; its own FlopCounterMode subclasses
+# this one. It is the only hook that sees every aten op with its arguments, which the no-sync check needs.
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 from transformers.utils import logging
 
-from eagle_hub.cli import quiet_bitsandbytes_cpu_warning
+from eagle_hub.training import quiet_bitsandbytes_cpu_warning
 
 logger = logging.get_logger(__name__)
 # The training steps run in fresh processes (forkserver-preloaded with this module) that import bitsandbytes.
@@ -108,7 +136,7 @@ class Settings:
         if preset == "x5-7b":
             settings.repeats, settings.decode_tokens, settings.train_batch, settings.train_repeats = 10, 64, 2, 3
         if quick:
-            settings.repeats, settings.warmup, settings.decode_tokens, settings.train_repeats = 3, 1, 8, 2
+            settings.repeats, settings.warmup, settings.train_repeats = 3, 1, 2
         if repeats is not None:
             if repeats < 1:
                 raise ValueError(f"--repeats {repeats}: give at least 1")
@@ -245,18 +273,35 @@ def synchronize(device: torch.device) -> None:
 class Times(dict):
     """Seconds per repeat of each timed function (``name -> list``), the functions interleaved within a repeat."""
 
+    def per_repeat(self, *names: str) -> list[float]:
+        """These functions' summed time within each repeat."""
+        return [sum(values) for values in zip(*(self[name] for name in names))]
+
     def median(self, *names: str) -> float:
         """The median over repeats of these functions' summed time within the repeat."""
-        return statistics.median(sum(values) for values in zip(*(self[name] for name in names)))
+        return statistics.median(self.per_repeat(*names))
 
     def paired_ratio(self, numerator: list[str], denominator: list[str]) -> float:
         """The median over repeats of sum(numerator) / sum(denominator) within the repeat: the two sides of a
         ratio ran back to back, so a slow spell on a shared machine slows both."""
-        ratios = [
-            sum(self[name][i] for name in numerator) / sum(self[name][i] for name in denominator)
-            for i in range(len(self[numerator[0]]))
-        ]
-        return statistics.median(ratios)
+        return median_ratio(self.per_repeat(*numerator), self.per_repeat(*denominator))
+
+    def decode_seconds(self, name: str) -> list[float]:
+        """Per repeat, ``generate`` with N new tokens minus with 1 (``name:n`` - ``name:1``): the N - 1 tokens after
+        the first. Noise can make a repeat's difference zero or negative."""
+        return [many - one for many, one in zip(self[f"{name}:n"], self[f"{name}:1"])]
+
+
+def median_ratio(numerators: list[float], denominators: list[float]) -> float | None:
+    """The median over repeats of numerator / denominator within the repeat. A repeat whose denominator is not
+    positive (a time difference swamped by noise) is left out; None when none is left."""
+    ratios = [n / d for n, d in zip(numerators, denominators, strict=True) if d > 0]
+    return statistics.median(ratios) if ratios else None
+
+
+class InnerTimes(dict):
+    """Seconds of named regions inside a timed call (``name -> seconds``): a timed function returns one, and
+    ``time_interleaved`` records each region next to the call's own time, in the same repeat."""
 
 
 def time_interleaved(fns: dict[str, Callable], repeats: int, warmup: int, device: torch.device) -> Times:
@@ -270,15 +315,22 @@ def time_interleaved(fns: dict[str, Callable], repeats: int, warmup: int, device
             fn = fns[name]
             synchronize(device)
             start = time.perf_counter()
-            fn()
+            output = fn()
             synchronize(device)
             if index >= warmup:
                 times[name].append(time.perf_counter() - start)
+                if isinstance(output, InnerTimes):
+                    for inner, seconds in output.items():
+                        times.setdefault(inner, []).append(seconds)
     return times
 
 
 def ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1e3, 4)
+
+
+def rounded(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 # --------------------------------------------------------------------------------------------------- FLOPs
@@ -331,14 +383,12 @@ def count_flops(preset: str, prompt_tokens: int) -> dict:
 def released_resolution_flops(config, flops) -> dict:
     """The tower's FLOPs at the resolutions the released checkpoints run (CLIP 336, the others 1024; the preset
     feeds every expert 448), counted the same way: what the paper's model costs per image."""
-    from eagle_hub.modeling_eagle.convert_nveagle import TOWER_NAMES
     from eagle_hub.modeling_eagle.modeling_eagle import EagleVisionTower
+    from eagle_hub.modeling_eagle.presets import RELEASED_EXPERT_INPUTS
 
-    released = {expert_type: (size, extra) for expert_type, size, extra in TOWER_NAMES.values()}
     config = copy.deepcopy(config)
     for spec in config.vision_config.experts:
-        size, extra = released[spec["type"]]
-        spec.update(image_size=size, **extra)
+        spec.update(RELEASED_EXPERT_INPUTS[spec["type"]])
     with torch.device("meta"):
         tower = EagleVisionTower(config.vision_config)
     return tower_flops(tower, config, flops)
@@ -352,6 +402,23 @@ def tower_flops(tower, config, flops) -> dict:
         for i, ((name, expert), spec) in enumerate(zip(tower.experts.items(), config.vision_config.experts))
     }
     return {"experts": experts, "tower_gflops": sum(entry["gflops"] for entry in experts.values())}
+
+
+def flop_rates(flops: dict, vision: dict, peak: float | None) -> dict:
+    """Achieved TFLOP/s of the tower and of LLaVA's CLIP tower (analytic FLOPs over the median time), the tower's
+    over the CLIP tower's with the times paired, and the tower's fraction of the device's peak."""
+    tower = flops["tower_gflops"] / vision["tower_ms"]  # GFLOP/ms = TFLOP/s
+    clip = flops["llava_clip_gflops"] / vision["llava_tower_ms"]
+    paired = vision["llava_tower_over_tower"]
+    return {
+        "tower_tflops_per_s": round(tower, 6),
+        "llava_clip_tflops_per_s": round(clip, 6),
+        "tower_over_llava_clip_flops_per_s": rounded(
+            None if paired is None else flops["tower_gflops"] / flops["llava_clip_gflops"] * paired
+        ),
+        "peak_tflops": peak,
+        "fraction_of_peak": None if peak is None else round(tower / peak, 4),
+    }
 
 
 def peak_tflops(device: torch.device, dtype: torch.dtype) -> float | None:
@@ -375,12 +442,24 @@ class HostTensorsIntoDeviceOps(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        tensors = tensors_in((args, kwargs))
         if any(t.device.type == "cpu" and t.dim() > 0 for t in tensors) and any(
             t.device.type != "cpu" for t in tensors
         ):
             self.ops[str(func)] += 1
         return func(*args, **kwargs)
+
+
+def tensors_in(value) -> list[torch.Tensor]:
+    """The tensors in an aten op's arguments, which hold tensors, (nested) lists and tuples of them, dicts of
+    keyword arguments and scalars."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [tensor for item in value for tensor in tensors_in(item)]
+    return []
 
 
 def check_no_sync(preset: str) -> dict:
@@ -423,13 +502,16 @@ def check_no_sync_on_cuda(tower, pixel_values, device: torch.device) -> dict | N
 # --------------------------------------------------------------------------------------------------- inference
 
 
+MODEL_NAMES = ("eagle", "llava", "llm")
+
+
 def measure_inference(models: Models, settings: Settings, device: torch.device, dtype: torch.dtype) -> dict:
-    eagle, llava, llm = models.eagle, models.llava, models.llm
-    tower, projector = eagle.model.vision_tower, eagle.model.multi_modal_projector
+    """Every inference figure: vision, prefill and time to first token, ConvNeXt's memory format, decode steps,
+    decode tokens/s for 1 and ``settings.batch`` requests, batched image encoding, and the CUDA sync check."""
+    tower = models.eagle.model.vision_tower
     single = make_inputs(models, 1, device, dtype)
     batched = make_inputs(models, settings.batch, device, dtype)
     pixels = single.eagle["pixel_values"]
-    repeats, warmup = settings.repeats, settings.warmup
     results = {
         "tokens": {
             "image_tokens": single.image_tokens,
@@ -440,91 +522,167 @@ def measure_inference(models: Models, settings: Settings, device: torch.device, 
         }
     }
     with torch.inference_mode():
-        tower_output = tower(pixels).last_hidden_state
-        prefill = {"use_cache": True, "logits_to_keep": 1}
-        logger.info("bench: vision and prefill")
-        fns = {f"expert:{name}": partial(expert, pixels[i]) for i, (name, expert) in enumerate(tower.experts.items())}
-        fns.update(
-            {
-                "tower": partial(tower, pixels),
-                "projector": partial(projector, tower_output),
-                "llm_prefill": partial(llm, **single.llm, **prefill),
-                "eagle_prefill": partial(eagle, **single.eagle, **prefill),
-                "llava_tower": partial(
-                    llava.model.vision_tower, single.llava["pixel_values"], output_hidden_states=True
-                ),
-                "llava_prefill": partial(llava, **single.llava, **prefill),
-            }
+        logger.info("bench: vision, prefill and time to first token")
+        results.update(summarize_prefill(time_prefill(models, single, settings, device)))
+        logger.info("bench: ConvNeXt memory format")
+        results["convnext_channels_last"] = measure_channels_last(tower, pixels, settings, device)
+        logger.info("bench: decode steps")
+        results["decode_step"] = summarize_decode_steps(time_decode_steps(models, single, settings, device))
+        logger.info("bench: generate")
+        generate_times = time_generate(models, single, batched, settings, device)
+        results.update(summarize_generate(generate_times, settings.decode_tokens, settings.batch))
+        logger.info("bench: batched image encoding")
+        encode_times = time_interleaved(
+            {"single": partial(tower, pixels), "batched": partial(tower, batched.eagle["pixel_values"])},
+            settings.repeats,
+            settings.warmup,
+            device,
         )
-        times = time_interleaved(fns, repeats, warmup, device)
-        experts = [name for name in times if name.startswith("expert:")]
-        parts = [*experts, "projector", "llm_prefill"]
-        results["vision"] = {
+        results["batching"].update(summarize_encode(encode_times, settings.batch))
+        results["no_sync_cuda"] = check_no_sync_on_cuda(tower, pixels, device)
+    return results
+
+
+def generate_fn(model, inputs: dict, new_tokens: int) -> Callable:
+    """Greedy ``generate`` of exactly ``new_tokens`` tokens (``min_new_tokens`` forces them)."""
+    return partial(
+        model.generate,
+        **inputs,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=0,
+    )
+
+
+def first_token_fn(model, inputs: dict, name: str, device: torch.device) -> Callable[[], InnerTimes]:
+    """``generate(max_new_tokens=1)``, timed whole as the time to first token, with the prefill inside it timed too
+    (``prefill:NAME``): from the start of the model's first forward, or of its vision tower if that runs first (as
+    transformers' generate encodes LLaVA's images before the forward), to the end of that forward. Both ends are
+    synchronised on a GPU. The prefill is a part of the same call, so it can never exceed the time to first token."""
+    vision_tower = getattr(getattr(model, "model", None), "vision_tower", None)
+    generate = generate_fn(model, inputs, 1)
+
+    def run() -> InnerTimes:
+        marks = {}
+
+        def mark(key):
+            def hook(*_):
+                if key not in marks:
+                    synchronize(device)
+                    marks[key] = time.perf_counter()
+
+            return hook
+
+        starts = [model] + ([vision_tower] if vision_tower is not None else [])
+        handles = [module.register_forward_pre_hook(mark("start")) for module in starts]
+        handles.append(model.register_forward_hook(mark("end")))
+        try:
+            generate()
+        finally:
+            for handle in handles:
+                handle.remove()
+        return InnerTimes({f"prefill:{name}": marks["end"] - marks["start"]})
+
+    return run
+
+
+def time_prefill(models: Models, inputs: Inputs, settings: Settings, device: torch.device) -> Times:
+    """One set of rounds for every expert alone, the tower, the projector, LLaVA's CLIP tower, and per model the
+    time to first token (``ttft:NAME``) with its prefill (``prefill:NAME``): the bars and the table's comparisons of
+    these figures are all within a round."""
+    tower, projector = models.eagle.model.vision_tower, models.eagle.model.multi_modal_projector
+    pixels = inputs.eagle["pixel_values"]
+    tower_output = tower(pixels).last_hidden_state
+    fns = {f"expert:{name}": partial(expert, pixels[i]) for i, (name, expert) in enumerate(tower.experts.items())}
+    fns["tower"] = partial(tower, pixels)
+    fns["projector"] = partial(projector, tower_output)
+    # As LLaVA's forward runs it: the hidden states, of which it takes the second to last.
+    fns["llava_tower"] = partial(
+        models.llava.model.vision_tower, inputs.llava["pixel_values"], output_hidden_states=True
+    )
+    for name in MODEL_NAMES:
+        fns[f"ttft:{name}"] = first_token_fn(getattr(models, name), getattr(inputs, name), name, device)
+    return time_interleaved(fns, settings.repeats, settings.warmup, device)
+
+
+def summarize_prefill(times: Times) -> dict:
+    """Vision, prefill and time-to-first-token figures from ``time_prefill``'s rounds."""
+    experts = [name for name in times if name.startswith("expert:")]
+    parts = [*experts, "projector", "prefill:llm"]
+    return {
+        "vision": {
             "experts_ms": {name.split(":", 1)[1]: ms(times.median(name)) for name in experts},
             "experts_sum_ms": ms(times.median(*experts)),
             "tower_ms": ms(times.median("tower")),
-            "tower_over_experts": round(times.paired_ratio(["tower"], experts), 4),
+            "tower_over_experts": rounded(times.paired_ratio(["tower"], experts)),
             "projector_ms": ms(times.median("projector")),
             "llava_tower_ms": ms(times.median("llava_tower")),
-        }
-        results["prefill"] = {
-            "eagle_ms": ms(times.median("eagle_prefill")),
+            "llava_tower_over_tower": rounded(times.paired_ratio(["llava_tower"], ["tower"]), 6),
+        },
+        "prefill": {
+            "eagle_ms": ms(times.median("prefill:eagle")),
             "parts_sum_ms": ms(times.median(*parts)),
-            "eagle_over_parts": round(times.paired_ratio(["eagle_prefill"], parts), 4),
-            "llm_ms": ms(times.median("llm_prefill")),
-            "llava_ms": ms(times.median("llava_prefill")),
-        }
+            "eagle_over_parts": rounded(times.paired_ratio(["prefill:eagle"], parts)),
+            "llm_ms": ms(times.median("prefill:llm")),
+            "llava_ms": ms(times.median("prefill:llava")),
+        },
+        "time_to_first_token_ms": {name: ms(times.median(f"ttft:{name}")) for name in MODEL_NAMES},
+        "ttft_over_prefill": {
+            name: rounded(times.paired_ratio([f"ttft:{name}"], [f"prefill:{name}"])) for name in MODEL_NAMES
+        },
+    }
 
-        logger.info("bench: ConvNeXt memory format")
-        results["convnext_channels_last"] = measure_channels_last(tower, pixels, settings, device)
 
-        logger.info("bench: decode steps")
-        results["decode_step"] = measure_decode_steps(models, single, settings, device)
+def time_generate(models: Models, single: Inputs, batched: Inputs, settings: Settings, device: torch.device) -> Times:
+    """``generate`` of 1 and of N new tokens (``NAME:1``, ``NAME:n``) for each model on one request, and for Eagle on
+    ``settings.batch`` requests (``eagle_batch``), all in the same rounds."""
+    fns = {}
+    for name, model, inputs in (
+        ("eagle", models.eagle, single.eagle),
+        ("llava", models.llava, single.llava),
+        ("llm", models.llm, single.llm),
+        ("eagle_batch", models.eagle, batched.eagle),
+    ):
+        fns[f"{name}:1"] = generate_fn(model, inputs, 1)
+        fns[f"{name}:n"] = generate_fn(model, inputs, settings.decode_tokens)
+    return time_interleaved(fns, settings.repeats, settings.warmup, device)
 
-        logger.info("bench: generate")
-        n = settings.decode_tokens
-        generate = {"do_sample": False, "pad_token_id": 0}
 
-        def run(model, inputs, new_tokens):
-            return partial(model.generate, **inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **generate)
+def decode_tokens_per_s(times: Times, name: str, new_tokens: int, batch: int = 1) -> float | None:
+    """(N - 1) x requests over the median of the per-repeat t(N) - t(1); None when that median is not positive."""
+    seconds = statistics.median(times.decode_seconds(name))
+    return round(batch * (new_tokens - 1) / seconds, 2) if seconds > 0 else None
 
-        fns = {}
-        for name, model, inputs in (
-            ("eagle", eagle, single.eagle),
-            ("llava", llava, single.llava),
-            ("llm", llm, single.llm),
-            ("eagle_batch", eagle, batched.eagle),
-        ):
-            fns[f"{name}:1"], fns[f"{name}:n"] = run(model, inputs, 1), run(model, inputs, n)
-        times = time_interleaved(fns, repeats, warmup, device)
 
-        def tokens_per_s(name, batch=1):
-            return round(batch * (n - 1) / max(times.median(f"{name}:n") - times.median(f"{name}:1"), 1e-9), 2)
+def summarize_generate(times: Times, new_tokens: int, batch: int) -> dict:
+    """Decode tokens/s per model, and for Eagle batched; the bar's ratio paired within each repeat, over the repeats
+    where both decodes took a positive time (elsewhere noise was larger than the decode, on one side or the other)."""
+    pairs = [
+        (single, batched)
+        for single, batched in zip(times.decode_seconds("eagle"), times.decode_seconds("eagle_batch"))
+        if single > 0 and batched > 0
+    ]
+    batched_over_single = median_ratio([batch * single for single, _ in pairs], [batched for _, batched in pairs])
+    return {
+        "decode_tokens_per_s": {name: decode_tokens_per_s(times, name, new_tokens) for name in MODEL_NAMES},
+        "batching": {
+            "batch": batch,
+            "new_tokens": new_tokens,
+            "single_tokens_per_s": decode_tokens_per_s(times, "eagle", new_tokens),
+            "batched_tokens_per_s": decode_tokens_per_s(times, "eagle_batch", new_tokens, batch),
+            "batched_over_single_tokens_per_s": rounded(batched_over_single),
+        },
+    }
 
-        results["time_to_first_token_ms"] = {name: ms(times.median(f"{name}:1")) for name in ("eagle", "llava", "llm")}
-        results["decode_tokens_per_s"] = {name: tokens_per_s(name) for name in ("eagle", "llava", "llm")}
-        results["batching"] = {
-            "batch": settings.batch,
-            "new_tokens": n,
-            "single_tokens_per_s": tokens_per_s("eagle"),
-            "batched_tokens_per_s": tokens_per_s("eagle_batch", settings.batch),
-        }
 
-        logger.info("bench: batched image encoding")
-        times = time_interleaved(
-            {"single": partial(tower, pixels), "batched": partial(tower, batched.eagle["pixel_values"])},
-            repeats,
-            warmup,
-            device,
-        )
-        results["batching"].update(
-            encode_single_ms=ms(times.median("single")),
-            encode_batched_ms=ms(times.median("batched")),
-            encode_batched_over_singles=round(times.paired_ratio(["batched"], ["single"] * settings.batch), 4),
-        )
-        cuda_sync = check_no_sync_on_cuda(tower, pixels, device)
-    results["no_sync_cuda"] = cuda_sync
-    return results
+def summarize_encode(times: Times, batch: int) -> dict:
+    """One batch of ``batch`` images against ``batch`` single encodings (the single time x batch, paired)."""
+    return {
+        "encode_single_ms": ms(times.median("single")),
+        "encode_batched_ms": ms(times.median("batched")),
+        "encode_batched_over_singles": rounded(times.paired_ratio(["batched"], ["single"] * batch)),
+    }
 
 
 def measure_channels_last(tower, pixels, settings: Settings, device: torch.device) -> dict | None:
@@ -544,30 +702,28 @@ def measure_channels_last(tower, pixels, settings: Settings, device: torch.devic
     return {
         "default_ms": ms(times.median("default")),
         "channels_last_ms": ms(times.median("channels_last")),
-        "speedup": round(times.paired_ratio(["default"], ["channels_last"]), 3),
+        "speedup": rounded(times.paired_ratio(["default"], ["channels_last"]), 3),
     }
 
 
-def measure_decode_steps(models: Models, inputs: Inputs, settings: Settings, device: torch.device) -> dict:
+def time_decode_steps(models: Models, inputs: Inputs, settings: Settings, device: torch.device) -> Times:
     """Prefill each model once, then time decode steps one token at a time, interleaved across models, so step i
     of every model sees a cache of the same length (LLaVA's differs by its image-token count)."""
     from eagle_hub.modeling_eagle.modeling_eagle import CACHE_NAME
 
-    steps = max(4 * settings.repeats, 16)
-    named = {"eagle": models.eagle, "llava": models.llava, "llm": models.llm}
-    caches = {
-        name: getattr(model(**getattr(inputs, name), use_cache=True, logits_to_keep=1), CACHE_NAME)
-        for name, model in named.items()
-    }
+    fns = {}
     token = torch.full((1, 1), 5, dtype=torch.long, device=device)
-    fns = {
-        name: partial(model, input_ids=token, use_cache=True, logits_to_keep=1, **{CACHE_NAME: caches[name]})
-        for name, model in named.items()
-    }
-    times = time_interleaved(fns, steps, settings.warmup, device)
-    return {name: ms(times.median(name)) for name in named} | {
-        "steps": steps,
-        "eagle_over_llm": round(times.paired_ratio(["eagle"], ["llm"]), 4),
+    for name in MODEL_NAMES:
+        model = getattr(models, name)
+        cache = getattr(model(**getattr(inputs, name), use_cache=True, logits_to_keep=1), CACHE_NAME)
+        fns[name] = partial(model, input_ids=token, use_cache=True, logits_to_keep=1, **{CACHE_NAME: cache})
+    return time_interleaved(fns, max(4 * settings.repeats, 16), settings.warmup, device)
+
+
+def summarize_decode_steps(times: Times) -> dict:
+    return {name: ms(times.median(name)) for name in MODEL_NAMES} | {
+        "steps": len(times["eagle"]),
+        "eagle_over_llm": rounded(times.paired_ratio(["eagle"], ["llm"])),
     }
 
 
@@ -578,9 +734,9 @@ def freeze_for_stage(models: Models, kind: str, stage: str) -> torch.nn.Module:
     """Set what trains in ``stage`` for one model; return that model."""
     train = STAGES[stage]
     if kind == "eagle":
-        from eagle_hub.training.callbacks import StageSetupCallback
+        from eagle_hub.training.trainable import set_trainable
 
-        StageSetupCallback(train).apply(models.eagle)
+        set_trainable(models.eagle, train)
         return models.eagle
     model = models.llava if kind == "llava" else models.llm
     model.requires_grad_(False)
@@ -697,13 +853,13 @@ def run_training_guarded(spec: dict) -> dict:
 
 
 def bar(measured: float | None, limit: float, comparison: str, description: str, values: dict) -> dict:
+    """A bar: its measured ratio against its limit; ``pass`` is None when the ratio could not be measured."""
     passed = None
     if measured is not None:
         passed = measured <= limit if comparison == "<=" else measured >= limit
-    rounded = None if measured is None else round(measured, 4)
     return {
         "description": description,
-        "measured": rounded,
+        "measured": rounded(measured),
         "limit": limit,
         "comparison": comparison,
         "pass": passed,
@@ -716,17 +872,18 @@ def ratio(numerator, denominator):
 
 
 def compute_bars(results: dict) -> dict:
-    prefill, step, batching = results["prefill"], results["decode_step"], results["batching"]
+    """The bars from a run's results (how each is computed: the module docstring, "Bars")."""
+    prefill, step, batching, flops = results["prefill"], results["decode_step"], results["batching"], results["flops"]
     training = results["training"]["eagle"]
     stage2, stage3 = (training[stage].get("peak_memory_mib") for stage in ("stage2", "stage3"))
-    single, batched = batching["encode_single_ms"], batching["encode_batched_ms"]
     no_sync = results["no_sync"]
     if results.get("no_sync_cuda") is not None:
         no_sync = {
             "measured": f"{no_sync['measured']}; {results['no_sync_cuda']['measured']}",
             "pass": no_sync["pass"] and results["no_sync_cuda"]["pass"],
         }
-    return {
+    batch = batching["batch"]
+    bars = {
         "prefill_glue": bar(
             prefill["eagle_over_parts"],
             1.05,
@@ -741,6 +898,13 @@ def compute_bars(results: dict) -> dict:
             "a decode step with the image in the cache over the bare LLM's step at the same length",
             {"eagle_step_ms": step["eagle"], "llm_step_ms": step["llm"]},
         ),
+        "tower_flop_rate": bar(
+            flops["tower_over_llava_clip_flops_per_s"],
+            0.9,
+            ">=",
+            "the vision tower's achieved FLOP/s over the LLaVA CLIP tower's (analytic FLOPs, paired times)",
+            {k: flops[k] for k in ("tower_tflops_per_s", "llava_clip_tflops_per_s")},
+        ),
         "stage2_memory": bar(
             ratio(stage2, stage3),
             0.5,
@@ -749,18 +913,18 @@ def compute_bars(results: dict) -> dict:
             {"stage2_mib": stage2, "stage3_mib": stage3},
         ),
         "batched_decode": bar(
-            ratio(batching["batched_tokens_per_s"], batching["single_tokens_per_s"]),
+            batching["batched_over_single_tokens_per_s"],
             2.5,
             ">=",
-            f"decode tokens/s of {batching['batch']} requests as one batch over one request's",
+            f"decode tokens/s of {batch} requests as one batch over one request's",
             {k: batching[k] for k in ("single_tokens_per_s", "batched_tokens_per_s")},
         ),
         "batched_encode": bar(
             batching["encode_batched_over_singles"],
             1.0,
             "<=",
-            f"encoding {batching['batch']} images as one batch over {batching['batch']} single encodings",
-            {"encode_single_ms": single, "encode_batched_ms": batched},
+            f"encoding {batch} images as one batch over {batch} single encodings",
+            {k: batching[k] for k in ("encode_single_ms", "encode_batched_ms")},
         ),
         "vision_tower_no_sync": {
             "description": "no host-device synchronisation or CPU round trip inside the vision tower",
@@ -768,9 +932,42 @@ def compute_bars(results: dict) -> dict:
             "pass": no_sync["pass"],
         },
     }
+    serving = results.get("serving")
+    if serving:  # measured where the serve extra is installed
+        bars["serving_overhead"] = bar(
+            serving["server_over_direct"],
+            1.15,
+            "<=",
+            "requests through eagle serve (openai client, one at a time) over model.generate on the same prompts",
+            {k: serving[k] for k in ("server_requests_per_s", "direct_requests_per_s")},
+        )
+    return bars
 
 
 # --------------------------------------------------------------------------------------------------- the run
+
+
+def measure_serving_row(settings: Settings) -> dict | None:
+    """``eagle serve`` against ``model.generate`` on the same prompts (``eagle_hub.serving.measure_serving``); None
+    without the serve extra."""
+    import importlib.util
+
+    if importlib.util.find_spec("openai") is None or importlib.util.find_spec("fastapi") is None:
+        logger.warning("bench: no serving row (pip install 'eagle-hub[serve]')")
+        return None
+    from eagle_hub.serving import measure_serving
+
+    return measure_serving(
+        PRESETS[settings.preset],
+        device=settings.device,
+        dtype=settings.dtype,
+        repeats=min(settings.repeats, 5),
+        warmup=min(settings.warmup, 1),
+        max_tokens=min(settings.decode_tokens, 16),
+        clients=settings.batch,
+        requests=settings.batch,
+        threads=torch.get_num_threads(),
+    )
 
 
 def device_name(device: torch.device) -> str:
@@ -810,17 +1007,13 @@ def run_benchmark(settings: Settings) -> dict:
     }
     results.update(measure_inference(models, settings, device, dtype))
     results["flops"] = count_flops(settings.preset, results["tokens"]["prompt_tokens"])
-    peak = peak_tflops(device, dtype)
-    achieved = results["flops"]["tower_gflops"] / 1e3 / (results["vision"]["tower_ms"] / 1e3)
-    results["flops"].update(
-        tower_tflops_per_s=round(achieved, 6),
-        peak_tflops=peak,
-        fraction_of_peak=None if peak is None else round(achieved / peak, 4),
-    )
+    results["flops"].update(flop_rates(results["flops"], results["vision"], peak_tflops(device, dtype)))
     results["no_sync"] = check_no_sync(settings.preset)
     del models
     logger.info("bench: training steps")
     results["training"] = measure_training(settings)
+    logger.info("bench: serving")
+    results["serving"] = measure_serving_row(settings)
     results["bars"] = compute_bars(results)
     results["wall_s"] = round(time.perf_counter() - started, 1)
     return results
@@ -829,34 +1022,46 @@ def run_benchmark(settings: Settings) -> dict:
 # --------------------------------------------------------------------------------------------------- report
 
 
+def cell(value, digits=2) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def table(title: str, header: list, rows: list[list]) -> list[str]:
+    """A titled text table: the first column left-aligned, the others right-aligned, a rule under the header."""
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["", title]
+    for index, row in enumerate([header, *rows]):
+        first = str(row[0]).ljust(widths[0])
+        rest = "  ".join(str(c).rjust(w) for c, w in zip(row[1:], widths[1:]))
+        lines.append(f"  {first}  {rest}")
+        if index == 0:
+            lines.append("  " + "  ".join("-" * w for w in widths))
+    return lines
+
+
 def format_table(results: dict) -> str:
     """The results as text tables (what ``eagle bench`` prints)."""
-
-    def cell(value, digits=2):
-        if value is None:
-            return "-"
-        return f"{value:,.{digits}f}" if isinstance(value, float) else str(value)
-
-    lines = []
-
-    def table(title, header, rows):
-        widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-        lines.append(f"\n{title}")
-        for index, row in enumerate([header, *rows]):
-            first = str(row[0]).ljust(widths[0])
-            rest = "  ".join(str(c).rjust(w) for c, w in zip(row[1:], widths[1:]))
-            lines.append(f"  {first}  {rest}")
-            if index == 0:
-                lines.append("  " + "  ".join("-" * w for w in widths))
-
     tokens = results["tokens"]
-    lines.append(
+    lines = [
         f"eagle bench --preset {results['preset']} ({results['model_preset']}): {results['device_name']} "
         f"({results['device']}, {results['threads']} thread(s)), {results['settings']['dtype']}; torch "
         f"{results['torch']}, transformers {results['transformers']}; prompt {tokens['prompt_tokens']} tokens "
         f"({tokens['image_tokens']} image), LLaVA {tokens['llava_prompt_tokens']} "
         f"({tokens['llava_image_tokens']} image)"
-    )
+    ]
+    lines += vision_lines(results)
+    lines += inference_lines(results)
+    lines += training_lines(results["training"])
+    if results.get("serving"):
+        lines += serving_lines(results["serving"])
+    lines += bar_lines(results["bars"])
+    lines.append(f"\n{results['wall_s']} s")
+    return "\n".join(lines)
+
+
+def vision_lines(results: dict) -> list[str]:
     vision, flops = results["vision"], results["flops"]
     rows = [
         [name, flops["experts"][name]["resolution"], cell(t, 3), cell(flops["experts"][name]["gflops"], 3)]
@@ -868,13 +1073,18 @@ def format_table(results: dict) -> str:
         ["projector", "", cell(vision["projector_ms"], 3), ""],
         ["LLaVA CLIP tower", "", cell(vision["llava_tower_ms"], 3), cell(flops["llava_clip_gflops"], 3)],
     ]
-    table("vision (one image)", ["", "px", "ms", "GFLOPs"], rows)
+    lines = table("vision (one image)", ["", "px", "ms", "GFLOPs"], rows)
     released = flops.get("released_resolutions")
     if released:
         per_expert = ", ".join(
             f"{n} {e['gflops'] / 1e3:.2f} at {e['resolution']}" for n, e in released["experts"].items()
         )
         lines.append(f"  at the released resolutions: {released['tower_gflops'] / 1e3:.2f} TFLOPs ({per_expert})")
+    lines.append(
+        f"  achieved: tower {flops['tower_tflops_per_s'] * 1e3:,.1f} GFLOP/s, LLaVA CLIP tower "
+        f"{flops['llava_clip_tflops_per_s'] * 1e3:,.1f} GFLOP/s (paired ratio "
+        f"{cell(flops['tower_over_llava_clip_flops_per_s'], 3)})"
+    )
     if flops["fraction_of_peak"] is not None:
         lines.append(
             f"  tower: {flops['tower_tflops_per_s']:.1f} TFLOP/s, {100 * flops['fraction_of_peak']:.1f}% of "
@@ -886,16 +1096,22 @@ def format_table(results: dict) -> str:
             f"  ConvNeXt channels-last: {channels['channels_last_ms']:.3f} ms vs {channels['default_ms']:.3f} ms "
             f"(x{channels['speedup']:.2f})"
         )
+    return lines
+
+
+def inference_lines(results: dict) -> list[str]:
     prefill, ttft, step = results["prefill"], results["time_to_first_token_ms"], results["decode_step"]
-    speed = results["decode_tokens_per_s"]
-    table(
+    over, speed, flops = results["ttft_over_prefill"], results["decode_tokens_per_s"], results["flops"]
+    names = MODEL_NAMES
+    lines = table(
         "inference (batch 1)",
         ["", "Eagle", "LLaVA", "LLM"],
         [
-            ["prefill ms", cell(prefill["eagle_ms"], 3), cell(prefill["llava_ms"], 3), cell(prefill["llm_ms"], 3)],
-            ["time to first token ms", cell(ttft["eagle"], 3), cell(ttft["llava"], 3), cell(ttft["llm"], 3)],
-            ["decode step ms", cell(step["eagle"], 3), cell(step["llava"], 3), cell(step["llm"], 3)],
-            ["decode tokens/s", cell(speed["eagle"], 1), cell(speed["llava"], 1), cell(speed["llm"], 1)],
+            ["prefill ms", *(cell(prefill[f"{name}_ms"], 3) for name in names)],
+            ["time to first token ms", *(cell(ttft[name], 3) for name in names)],
+            ["  over prefill (paired)", *(cell(over[name], 3) for name in names)],
+            ["decode step ms", *(cell(step[name], 3) for name in names)],
+            ["decode tokens/s", *(cell(speed[name], 1) for name in names)],
             ["LLM prefill GFLOPs (analytic)", "", "", cell(flops["llm_prefill_gflops"], 3)],
         ],
     )
@@ -905,11 +1121,14 @@ def format_table(results: dict) -> str:
         f"(one request: {cell(batching['single_tokens_per_s'], 1)}); encoding {batching['batch']} images "
         f"{cell(batching['encode_batched_ms'], 3)} ms (one: {cell(batching['encode_single_ms'], 3)} ms)"
     )
-    training = results["training"]
+    return lines
+
+
+def training_lines(training: dict) -> list[str]:
     rows = []
     for stage in STAGES:
         row = [f"{stage} ({', '.join(training['stages'][stage])})"]
-        for kind in ("eagle", "llava", "llm"):
+        for kind in MODEL_NAMES:
             entry = training[kind].get(stage)
             if entry is None:
                 row.append("-")
@@ -919,17 +1138,34 @@ def format_table(results: dict) -> str:
                 row.append(f"{cell(entry['step_ms'], 1)} ms / {cell(entry['peak_memory_mib'], 1)} MiB")
         rows.append(row)
     title = f"training step, batch {training['batch']} (step time / peak memory added)"
-    table(title, ["", "Eagle", "LLaVA", "LLM"], rows)
+    return table(title, ["", "Eagle", "LLaVA", "LLM"], rows)
+
+
+def serving_lines(serving: dict) -> list[str]:
+    title = f"serving: eagle serve and the openai client, {serving['requests']} requests of one image each"
+    header = ["", "model.generate", "server, 1 client", f"server, {serving['clients']} clients"]
+    keys = ("direct_requests_per_s", "server_requests_per_s", "server_requests_per_s_clients")
+    ttft = [serving["direct_time_to_first_token_ms"], serving["server_time_to_first_token_ms"], None]
+    rows = [
+        [f"requests/s ({serving['max_tokens']} tokens)", *(cell(serving[key], 2) for key in keys)],
+        ["time to first token ms", *(cell(v, 1) for v in ttft)],
+    ]
+    return table(title, header, rows) + [
+        f"  server / direct: {serving['server_over_direct']:.3f} (requests), "
+        f"{serving['server_over_direct_ttft']:.3f} (time to first token); {serving['clients']} clients / 1: "
+        f"{serving['clients_over_one']:.3f}; answers equal: {serving['answers_equal']}"
+    ]
+
+
+def bar_lines(bars: dict) -> list[str]:
     rows = []
-    for name, entry in results["bars"].items():
+    for name, entry in bars.items():
         measured = entry["measured"]
-        shown = f"{measured:.3f}" if isinstance(measured, float) else str(measured)
+        shown = f"{measured:.3f}" if isinstance(measured, float) else cell(measured)
         limit = f"{entry['comparison']} {entry['limit']}" if "limit" in entry else ""
         verdict = {True: "pass", False: "FAIL", None: "n/a"}[entry["pass"]]
         rows.append([name, shown, limit, verdict])
-    table("bars", ["", "measured", "limit", ""], rows)
-    lines.append(f"\n{results['wall_s']} s")
-    return "\n".join(lines)
+    return table("bars", ["", "measured", "limit", ""], rows)
 
 
 def write_json(results: dict, path) -> None:

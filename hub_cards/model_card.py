@@ -8,7 +8,8 @@ how to use it (snippets the tests run), how it was trained and evaluated, and it
 Everything is read from the folder: ``config.json`` (experts, resolutions, grid, LLM), parameter counts from the
 safetensors headers (no tensor is loaded), and two optional files:
 
-``training.json`` (written by whoever trained the folder; :func:`training_info_from_recipe` builds it from a recipe)::
+``training.json`` (written by whoever trained the folder; ``eagle_hub.training.runner.training_record`` builds it
+from a recipe)::
 
     {"base_model": ["lmsys/vicuna-7b-v1.5"],          # optional, Hub model ids -> card metadata
      "datasets": ["liuhaotian/LLaVA-Pretrain"],        # optional, Hub dataset ids -> card metadata
@@ -22,9 +23,11 @@ safetensors headers (no tensor is loaded), and two optional files:
     {"task": {"type": "visual-question-answering", "name": "Visual question answering"},   # or just the type
      "dataset": {"name": "Synthetic shapes", "type": "synthetic-shapes", "split": "test", "config": null},
      "metrics": [{"name": "Accuracy", "type": "accuracy", "value": 0.97}],
-     "source": {"name": "eagle eval", "url": "https://..."}}                                 # optional
+     "source": {"name": "eagle eval", "url": "https://..."},                                 # optional
+     "verified": false}                                                   # optional; false: self-reported
 
-Evaluation results become ``EvalResult`` objects, hence the card's ``model-index``.
+Evaluation results become ``EvalResult`` objects, hence the card's ``model-index``. ``eagle eval`` adds its entries
+with :func:`record_eval_results`: a rerun replaces the entries of the tasks it ran and keeps the others.
 """
 
 import json
@@ -33,6 +36,9 @@ import re
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from eagle_hub.modeling_eagle.parts import part_of
+from eagle_hub.processing.locations import is_hub_id
 
 # Where the released Eagle's experts started from (named in the cards of converted checkpoints).
 EXPERT_SOURCES = {
@@ -53,44 +59,9 @@ TRAINING_FILE = "training.json"
 EVAL_FILE = "eval_results.json"
 PLACEHOLDER_REPO = "your-org/your-eagle-model"
 BASE_TAGS = ["eagle", "custom_code", "multimodal", "vision-language", "mixture-of-vision-experts"]
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".arrow", ".txt", ".tsv")
 
-CITATION = """@article{shi2024eagle,
-  title   = {Eagle: Exploring The Design Space for Multimodal LLMs with Mixture of Encoders},
-  author  = {Shi, Min and Liu, Fuxiao and Wang, Shihao and others},
-  journal = {arXiv preprint arXiv:2408.15998},
-  year    = {2024}
-}"""
-
-AUTOMODEL_SNIPPET = """import torch
-from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor
-
-repo_id = "{repo}"
-processor = AutoProcessor.from_pretrained(repo_id, trust_remote_code=True)
-model = AutoModelForImageTextToText.from_pretrained(repo_id, trust_remote_code=True, dtype="auto").eval()
-
-image = Image.open("example.jpg").convert("RGB")
-messages = [{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": "What is in this image?"}}]}}]
-prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-inputs = processor(images=[image], text=[prompt], return_tensors="pt").to(model.device)
-# inputs["pixel_values"] is a list: one tensor per vision expert, at that expert's resolution
-with torch.inference_mode():
-    output = model.generate(**inputs, max_new_tokens=64, do_sample=False)
-answer = processor.post_process_image_text_to_text(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-print(answer[0])"""
-
-PIPELINE_SNIPPET = """from transformers import pipeline
-
-pipe = pipeline("image-text-to-text", model="{repo}", trust_remote_code=True)
-messages = [
-    {{
-        "role": "user",
-        "content": [{{"type": "image", "image": "example.jpg"}}, {{"type": "text", "text": "Describe it."}}],
-    }}
-]
-print(pipe(text=messages, max_new_tokens=64, return_full_text=False)[0]["generated_text"])"""
+# The card body: a Jinja template, rendered by huggingface_hub as its own card templates are.
+TEMPLATE = Path(__file__).with_name("model_card.md")
 
 
 class CardError(ValueError):
@@ -119,18 +90,6 @@ def _weight_files(folder: Path) -> list[Path]:
     return [single] if single.is_file() else []
 
 
-def _bucket(name: str) -> str:
-    """Which part a parameter belongs to: ``expert:<name>``, ``projector``, ``llm`` or ``other``."""
-    name = name.removeprefix("model.")
-    if name.startswith("vision_tower.experts."):
-        return "expert:" + name.split(".")[2]
-    if name.startswith("multi_modal_projector."):
-        return "projector"
-    if name.startswith(("language_model.", "lm_head.")):
-        return "llm"
-    return "other"
-
-
 def parameter_counts(folder) -> dict:
     """Parameters per part, read from the safetensors headers (no tensor is loaded; persistent buffers such as
     EVA-02's rope tables are not parameters and not counted): ``{"experts": {name: n},
@@ -152,7 +111,7 @@ def parameter_counts(folder) -> dict:
         with safe_open(str(path), framework="pt") as handle:
             for key in handle.keys():
                 if key not in buffers:
-                    counts[_bucket(key)] = counts.get(_bucket(key), 0) + math.prod(handle.get_slice(key).get_shape())
+                    counts[part_of(key)] = counts.get(part_of(key), 0) + math.prod(handle.get_slice(key).get_shape())
     return _shape_counts(counts, "safetensors")
 
 
@@ -169,7 +128,7 @@ def _meta_model(config):
 def _counts_from_config(config) -> dict[str, int]:
     counts: dict[str, int] = {}
     for name, parameter in _meta_model(config).named_parameters():
-        counts[_bucket(name)] = counts.get(_bucket(name), 0) + parameter.numel()
+        counts[part_of(name)] = counts.get(part_of(name), 0) + parameter.numel()
     return counts
 
 
@@ -199,7 +158,7 @@ def _load_config(folder: Path):
         raise CardError(f"{folder / 'config.json'}: not a valid Eagle config ({error})") from error
 
 
-def human(n: int) -> str:
+def format_count(n: int) -> str:
     """1234567 -> '1.23 M'."""
     for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
         if n >= scale:
@@ -208,15 +167,6 @@ def human(n: int) -> str:
 
 
 # -------------------------------------------------------------------------------------- training and evaluation
-
-
-def _looks_like_hub_id(value) -> bool:
-    return (
-        isinstance(value, str)
-        and bool(HUB_ID.match(value))
-        and not value.startswith(".")
-        and not value.lower().endswith(DATA_SUFFIXES)
-    )
 
 
 def load_training(training, folder: Path | None = None) -> dict | None:
@@ -233,45 +183,6 @@ def load_training(training, folder: Path | None = None) -> dict | None:
         if not isinstance(stage, dict) or "name" not in stage:
             raise CardError(f"{TRAINING_FILE}: stages[{i}] needs a 'name'")
     return training
-
-
-def training_info_from_recipe(recipe, summaries: dict | None = None, upto: str | None = None) -> dict:
-    """The ``training.json`` record of a training run: the recipe's stages (up to and including ``upto``), with the
-    final loss of each from the runner's ``summaries`` when given. ``hf`` data that is not a local path is a Hub
-    dataset id (as the loader reads it) and goes to the card metadata."""
-    from eagle_hub.training.recipe import Recipe, load_recipe
-
-    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
-    summaries = summaries or {}
-    stages, datasets = [], []
-    for stage in recipe.stages:
-        data = stage.data
-        local = Path(recipe.data_dir) / data.path  # the loader's rule: an existing path is local, else a Hub id
-        hub_data = [data.path] if data.format == "hf" and _looks_like_hub_id(data.path) and not local.exists() else []
-        datasets += [d for d in hub_data if d not in datasets]
-        entry = {
-            "name": stage.name,
-            "kind": stage.kind,
-            "train": list(stage.train),
-            "data": f"{data.path} ({data.format})",
-            "datasets": hub_data,
-            "max_steps": stage.max_steps,
-            "epochs": stage.epochs,
-            "batch_size": stage.batch_size * stage.grad_accum,
-            "lr": dict(stage.lr),
-            "lora": None if stage.lora is None else dict(vars(stage.lora)),
-        }
-        losses = (summaries.get(stage.name) or {}).get("losses")
-        if losses:
-            entry["final_loss"] = float(losses[-1])
-        stages.append(entry)
-        if stage.name == upto:
-            break
-    info = {"stages": stages, "datasets": datasets}
-    start = getattr(recipe, "model", None) or {}
-    if isinstance(start, dict) and _looks_like_hub_id(start.get("path")):
-        info["base_model"] = [start["path"]]
-    return info
 
 
 def load_eval_results(eval_results, folder: Path | None = None) -> list[EvalResult]:
@@ -323,9 +234,67 @@ def _eval_entry(entry, where: str) -> list[EvalResult]:
                 metric_value=metric["value"],
                 source_name=source.get("name"),
                 source_url=source.get("url"),
+                verified=entry.get("verified"),
             )
         )
     return results
+
+
+def _entry_key(entry) -> tuple:
+    """What makes two ``eval_results.json`` entries the same evaluation: the task (its name, else its type) and the
+    dataset (id and config). The split is not part of it: a full run replaces a partial one (``test[:4]``)."""
+    if not isinstance(entry, dict):
+        return (id(entry),)
+    task = entry.get("task") or {}
+    task = {"type": task} if isinstance(task, str) else task
+    dataset = entry.get("dataset") or {}
+    return (task.get("name") or task.get("type"), dataset.get("type"), dataset.get("config"))
+
+
+def merge_eval_results(existing, new: list[dict]) -> list[dict]:
+    """``existing`` entries (a dict, a list of them, or None) updated with ``new`` ones: a new entry takes the place
+    of the existing entries for the same task and dataset; the others are kept, in order; the rest are appended."""
+    existing = [] if existing is None else existing if isinstance(existing, list) else [existing]
+    incoming = {_entry_key(entry): entry for entry in new}
+    merged, placed = [], set()
+    for entry in existing:
+        key = _entry_key(entry)
+        if key in incoming:
+            if key not in placed:
+                merged.append(incoming[key])
+                placed.add(key)
+            continue
+        merged.append(entry)
+    return merged + [entry for key, entry in incoming.items() if key not in placed]
+
+
+def _with_eval_section(text: str, section: str) -> str:
+    """The card's text with the body of its ``## Evaluation`` section replaced (or the section appended)."""
+    pattern = re.compile(r"^## Evaluation[ \t]*\n.*?(?=^## |\Z)", re.S | re.M)
+    block = f"## Evaluation\n\n{section}\n\n"
+    if pattern.search(text):
+        return pattern.sub(lambda _: block, text, count=1)
+    return text.rstrip() + "\n\n" + block
+
+
+def record_eval_results(folder, entries: list[dict]) -> Path:
+    """Merge ``entries`` into ``<folder>/eval_results.json`` (:func:`merge_eval_results`); when the folder has a card
+    (``README.md``), rewrite its ``model-index`` and its evaluation table from the merged results. A folder without
+    a card gets them in the one generated from the folder (``eagle push``). Returns the ``eval_results.json`` path."""
+    folder = Path(folder)
+    path = folder / EVAL_FILE
+    merged = merge_eval_results(_read_json(path, "the evaluation results") if path.is_file() else None, entries)
+    results = load_eval_results(merged)  # refuses an entry the card could not show
+    path.write_text(json.dumps(merged, indent=2) + "\n")
+    readme = folder / "README.md"
+    if readme.is_file():
+        card = ModelCard.load(readme)
+        data = card.data
+        data.model_name = data.model_name or folder.resolve().name  # the model-index needs one
+        data.eval_results = results
+        text = _with_eval_section(card.text, _eval_section(results))
+        ModelCard(f"---\n{data.to_yaml()}\n---\n\n{text.lstrip()}").save(readme)
+    return path
 
 
 # ------------------------------------------------------------------------------------------------------ the card
@@ -355,7 +324,7 @@ def _expert_rows(config, counts: dict | None = None) -> list[dict]:
                 "step": step,
                 "grid": f"{grid}x{grid}",
                 "channels": channels * factor**2,
-                "params": human(params) if params is not None else "-",
+                "params": format_count(params) if params is not None else "-",
             }
         )
     return rows
@@ -424,7 +393,7 @@ def _datasets(training: dict | None) -> list[str]:
     found = list(training.get("datasets") or [])
     for stage in training.get("stages", []):
         found += [d for d in stage.get("datasets") or [] if d not in found]
-    return [d for d in found if _looks_like_hub_id(d)]
+    return [d for d in found if is_hub_id(d)]
 
 
 def _eval_section(results: list[EvalResult]) -> str:
@@ -447,17 +416,6 @@ def _eval_section(results: list[EvalResult]) -> str:
             _md_table(["task", "dataset", "split", "metric", "value"], rows),
         ]
     )
-
-
-LIMITATIONS = """\
-- Each expert sees the image padded to a square and resized to its own resolution (the table above); fine print and
-  small objects can be lost, and no tiling is done for high-resolution inputs.
-- Like other multimodal LLMs it can describe things that are not in the image (hallucination) and follow misleading
-  text in images; answers need checking where they matter. It has no safety tuning beyond what its training data
-  gives it.
-- Loading needs `trust_remote_code=True` (the model code ships in this repository) unless the `eagle-hub` package is
-  installed.
-- The vision experts and the LLM come with their own licenses and training-data caveats, which carry over."""
 
 
 def _title(repo_id: str | None, folder_name: str, source: str | None) -> str:
@@ -490,10 +448,10 @@ def build_card(
     title = _title(repo_id, folder_name, source)
     if base_model is None:
         base_model = list((training or {}).get("base_model") or [])
-        if source and _looks_like_hub_id(source):
+        if source and is_hub_id(source):
             base_model = [source, *base_model]
     base_model = [base_model] if isinstance(base_model, str) else list(base_model or [])
-    base_model = [b for b in dict.fromkeys(base_model) if _looks_like_hub_id(b)] or None
+    base_model = [b for b in dict.fromkeys(base_model) if is_hub_id(b)] or None
     license = license or (training or {}).get("license") or ("cc-by-nc-4.0" if source else "apache-2.0")
     data = ModelCardData(
         model_name=title if eval_results else None,
@@ -506,19 +464,15 @@ def build_card(
         datasets=_datasets(training) or None,
         eval_results=eval_results or None,
     )
-    repo = repo_id or PLACEHOLDER_REPO
-    grid = config.vision_config.grid_size
     rows = _expert_rows(config, counts)
-    total_channels = sum(row["channels"] for row in rows)
-    text = config.text_config
-    counted = "read from the safetensors files" if counts["source"] == "safetensors" else "counted from the config"
     parts_table = _md_table(
         ["part", "parameters"],
         [[f"expert `{r['name']}`", r["params"]] for r in rows if r["name"] in counts["experts"]]
-        + [["projector", human(counts["projector"])], ["language model", human(counts["llm"])]]
-        + ([["other", human(counts["other"])]] if counts["other"] else [])
-        + [["**total**", f"**{human(counts['total'])}** ({counts['total']:,})"]],
+        + [["projector", format_count(counts["projector"])], ["language model", format_count(counts["llm"])]]
+        + ([["other", format_count(counts["other"])]] if counts["other"] else [])
+        + [["**total**", f"**{format_count(counts['total'])}** ({counts['total']:,})"]],
     )
+    grid = config.vision_config.grid_size
     experts_table = _md_table(
         ["expert", "architecture", "input", f"to the {grid}x{grid} grid", "channels", "parameters"],
         [[r["name"], r["architecture"], r["input"], r["step"], r["channels"], r["params"]] for r in rows],
@@ -531,68 +485,26 @@ def build_card(
             provenance.append("The authors initialised the experts " + ", ".join(starts) + ".")
     if notes:
         provenance.append(notes)
-    mode = (
-        " The processor runs in its `released` mode, reproducing the original preprocessing."
-        if processor_mode == "released"
-        else ""
+    return ModelCard.from_template(
+        data,
+        template_path=str(TEMPLATE),
+        title=title,
+        experts=[spec["name"] for spec in experts],
+        grid=grid,
+        channels=sum(row["channels"] for row in rows),
+        projector_type=config.projector_type,
+        released_processor=processor_mode == "released",
+        provenance=" ".join(provenance),
+        experts_table=experts_table,
+        llm=_llm_line(config.text_config),
+        projector_parameters=format_count(counts["projector"]),
+        dtype=str(getattr(config, "dtype", None) or "float32").removeprefix("torch."),
+        counted="read from the safetensors files" if counts["source"] == "safetensors" else "counted from the config",
+        parts_table=parts_table,
+        repo=repo_id or PLACEHOLDER_REPO,
+        training_section=_training_section(training, source),
+        eval_section=_eval_section(eval_results),
     )
-    sections = [
-        f"# {title}",
-        "",
-        f"**Eagle** ([arXiv 2408.15998](https://arxiv.org/abs/2408.15998)) with {len(experts)} vision experts "
-        f"({', '.join(spec['name'] for spec in experts)}) in the Hub-native `transformers` format. Every expert sees "
-        f"the same image; their feature maps are brought to one {grid}x{grid} grid and concatenated on channels "
-        f"({total_channels} channels, {grid * grid} image tokens per image), and an MLP projector "
-        f"(`{config.projector_type}`) maps them into the language model." + mode,
-        *(["", " ".join(provenance)] if provenance else []),
-        "",
-        "## Model details",
-        "",
-        experts_table,
-        "",
-        f"- Language model: {_llm_line(text)}.",
-        f"- Projector: `{config.projector_type}`, {human(counts['projector'])} parameters.",
-        f"- Image tokens: {grid * grid} per image (`<image>` in the prompt, expanded by the processor).",
-        f"- Weights: {str(getattr(config, 'dtype', None) or 'float32').removeprefix('torch.')}.",
-        "",
-        f"Parameters ({counted}):",
-        "",
-        parts_table,
-        "",
-        "## How to use",
-        "",
-        "With `AutoModelForImageTextToText` and the processor (the processor prepares one pixel tensor per expert):",
-        "",
-        "```python",
-        AUTOMODEL_SNIPPET.format(repo=repo),
-        "```",
-        "",
-        'With the `pipeline("image-text-to-text")`, chat-style:',
-        "",
-        "```python",
-        PIPELINE_SNIPPET.format(repo=repo),
-        "```",
-        "",
-        "## Training",
-        "",
-        _training_section(training, source),
-        "",
-        "## Evaluation",
-        "",
-        _eval_section(eval_results),
-        "",
-        "## Limitations",
-        "",
-        LIMITATIONS,
-        "",
-        "## Citation",
-        "",
-        "```bibtex",
-        CITATION,
-        "```",
-        "",
-    ]
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(sections))
 
 
 def _processor_mode(folder: Path) -> str | None:
@@ -658,7 +570,7 @@ def card_snippets(card) -> list[str]:
 def converted_model_card(config, source: str, report: str, repo: str = "path/to/this/folder") -> ModelCard:
     """The card of a folder converted from an NVEagle checkpoint; names the source. Parameters are counted from the
     config (``model_card_for_folder`` reads them from the written weights instead)."""
-    repo_id = repo if _looks_like_hub_id(repo) else None
+    repo_id = repo if is_hub_id(repo) else None
     card = build_card(
         config,
         _shape_counts(_counts_from_config(config), "config"),

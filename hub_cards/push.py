@@ -24,8 +24,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from huggingface_hub.utils import filter_repo_objects
-from huggingface_hub.utils._paths import DEFAULT_IGNORE_PATTERNS
+from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 
 from .fresh_process import run_without_package
 

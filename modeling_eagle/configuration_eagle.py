@@ -10,7 +10,7 @@ import copy
 
 from transformers import AutoConfig, PretrainedConfig
 
-EXPERT_TYPES = ("clip", "convnext", "sam", "eva02", "pix2struct")
+EXPERT_TYPES = ("clip", "convnext", "sam", "eva02", "pix2struct", "dinov2")
 # Experts fed flattened patches (made by the processor) instead of an image tensor.
 PATCH_EXPERT_TYPES = ("pix2struct",)
 PROJECTOR_TYPES = ("linear", "mlp2x_gelu")
@@ -194,7 +194,8 @@ class EagleVisionConfig(PretrainedConfig):
 
     Args:
         experts (`list[dict]`, *optional*, defaults to Eagle-X5's five experts at 448 pixels):
-            Ordered expert entries: `type` (one of `clip`, `convnext`, `sam`, `eva02`, `pix2struct`), `name`
+            Ordered expert entries: `type` (one of `clip`, `convnext`, `sam`, `eva02`, `pix2struct`,
+            `dinov2`), `name`
             (unique; the module name in the tower), `image_size` (input side the expert sees),
             `pixel_unshuffle` (space-to-depth factor applied to its map before the bilinear step; 1 = none),
             `image_mean`/`image_std` (its normalisation; Pix2Struct standardises per image instead and takes

@@ -2,16 +2,21 @@
 Hub-native Eagle folders that ``AutoModel*.from_pretrained(..., trust_remote_code=True)`` and pipelines load.
 
 The experts and their order come from ``mm_vision_tower``; each expert's widths and depths are read from the
-tensors (head size 64, as in every released expert), so scaled-down checkpoints of the same structure convert
-too. Tensors are streamed source shard by source shard into output shards, so peak memory stays near one shard.
+tensors (head size 64, as in every released expert, and checked against the tensors that record it: EVA-02's rope
+tables and SAM's relative-position tables), so scaled-down checkpoints of the same structure convert too.
+Tensors are streamed source shard by source shard into output shards, so peak memory stays near one shard.
 Every source tensor must be consumed: only the documented unused or duplicated ones are dropped (and
 reported); anything else unknown, missing or of the wrong shape is an error that lists them.
+
+``convert`` returns a ``ConversionReport`` (what was converted and dropped, the source, the config) and writes no
+model card: its caller does (``eagle convert`` writes one with ``hub_cards``, inside the same atomic move).
 """
 
 import json
 import math
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,20 +28,20 @@ from transformers.utils import logging
 from .configuration_eagle import EagleConfig
 from .hub_folder import build_processor, staged_folder, write_folder_files
 from .modeling_eagle import EagleForConditionalGeneration
-from .presets import CLIP_MEAN, CLIP_STD
+from .presets import CLIP_MEAN, CLIP_STD, RELEASED_EXPERT_INPUTS
 
 logger = logging.get_logger(__name__)
 
-HEAD_DIM = 64
+HEAD_DIM = 64  # every released expert's attention head size; checked against the tensors that record it
 TOWER_PREFIX = "model.vision_tower.vision_towers."
 
-# Released tower names -> (expert type, the resolution the released code feeds it, extra spec fields).
+# Released tower names -> expert type; what the released code feeds each type is presets.RELEASED_EXPERT_INPUTS.
 TOWER_NAMES = {
-    "clip-448": ("clip", 336, {}),  # named 448, fed 336 by the released code (EAGLE-X5.md §2)
-    "convnext-1024": ("convnext", 1024, {}),
-    "sam-1024": ("sam", 1024, {"pixel_unshuffle": 2}),
-    "det-1024": ("eva02", 1024, {}),
-    "pix2struct-1024": ("pix2struct", 1024, {"max_patches": 2048}),
+    "clip-448": "clip",  # named 448, fed 336 by the released code
+    "convnext-1024": "convnext",
+    "sam-1024": "sam",
+    "det-1024": "eva02",
+    "pix2struct-1024": "pix2struct",
 }
 
 
@@ -46,9 +51,15 @@ class ConversionError(ValueError):
 
 @dataclass
 class ConversionReport:
+    """What ``convert`` did: ``converted`` tensors (``mapping``: source key -> converted key), ``dropped`` ones by
+    reason, out of ``source_tensors``; the ``source`` folder and the ``config`` of the converted model."""
+
     converted: int = 0
     dropped: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     source_tensors: int = 0
+    mapping: dict[str, str] = field(default_factory=dict)
+    source: Path | None = None
+    config: EagleConfig | None = None
 
     def summary(self) -> str:
         drops = ", ".join(f"{len(keys)} {why}" for why, keys in self.dropped.items())
@@ -222,6 +233,41 @@ def _pix2struct_spec(s: dict) -> dict:
     }
 
 
+# Tensors whose last dimension is the attention head size, by expert type (the other experts record it nowhere).
+HEAD_SIZE_TENSORS = {
+    "sam": r"layers\.\d+\.attn\.rel_pos_[hw]",  # decomposed relative positions: (2 * side - 1, head size)
+    "eva02": r"(rope_win|rope_glb|blocks\.\d+\.attn\.rope)\.freqs_(cos|sin)",  # 2D rope: (tokens, head size)
+}
+HIDDEN_SIZE_TENSORS = {
+    "clip": "vision_model.embeddings.patch_embedding.weight",
+    "sam": "patch_embed.projection.weight",
+    "eva02": "patch_embed.proj.weight",
+    "pix2struct": "embeddings.patch_projection.weight",
+}
+
+
+def check_head_size(expert_type: str, shapes: dict, prefix: str, label: str) -> None:
+    """Refuse an expert whose tensors disagree with the head size this converter builds (``HEAD_DIM``): its
+    hidden size must be a multiple of it, and every tensor recording the head size must carry it."""
+    if expert_type in HIDDEN_SIZE_TENSORS:
+        key = HIDDEN_SIZE_TENSORS[expert_type]
+        hidden = shapes[key][0]
+        if hidden % HEAD_DIM:
+            raise ConversionError(
+                f"{label}: {prefix}{key} {tuple(shapes[key])} gives hidden size {hidden}, not a multiple of the "
+                f"head size {HEAD_DIM} this converter assumes (every released expert's)"
+            )
+    pattern = HEAD_SIZE_TENSORS.get(expert_type)
+    if pattern is None:
+        return
+    for key, shape in sorted(shapes.items()):
+        if re.fullmatch(pattern, key) and shape[-1] != HEAD_DIM:
+            raise ConversionError(
+                f"{label}: {prefix}{key} {tuple(shape)} records attention head size {shape[-1]}, but this "
+                f"converter assumes {HEAD_DIM} (every released expert's); the checkpoint is not a released layout"
+            )
+
+
 SPEC_READERS = {
     "clip": _clip_spec,
     "convnext": _convnext_spec,
@@ -234,16 +280,17 @@ SPEC_READERS = {
 def expert_specs(names: list[str], shapes: dict) -> list[dict]:
     specs = []
     for index, tower in enumerate(names):
-        expert_type, size, extra = TOWER_NAMES[tower]
+        expert_type = TOWER_NAMES[tower]
         prefix = f"{TOWER_PREFIX}{index}.vision_tower."
         local = {key[len(prefix) :]: shape for key, shape in shapes.items() if key.startswith(prefix)}
         if not local:
             raise ConversionError(f"no tensors under {prefix} for expert {index} ({tower})")
         try:
+            check_head_size(expert_type, local, prefix, f"expert {index} ({tower})")
             arch = SPEC_READERS[expert_type](local)
         except KeyError as error:
             raise ConversionError(f"expert {index} ({tower}) lacks tensor {prefix}{error.args[0]}") from None
-        spec = {"name": expert_type, "type": expert_type, "image_size": size, "config": arch, **extra}
+        spec = {"name": expert_type, "type": expert_type, **RELEASED_EXPERT_INPUTS[expert_type], "config": arch}
         if expert_type != "pix2struct":
             # The released tower feeds every expert the CLIP-normalised image (EAGLE-X5.md §2).
             spec.update(image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
@@ -385,8 +432,13 @@ def convert(
     chat_template: str | None = None,
     force: bool = False,
     max_shard_size: int = 4 * 1024**3,
+    card: Callable[[Path, ConversionReport], None] | None = None,
 ) -> ConversionReport:
-    """Convert ``src`` (an NVEagle folder) into a Hub-native Eagle folder at ``dst``; returns what was done."""
+    """Convert ``src`` (an NVEagle folder) into a Hub-native Eagle folder at ``dst``; returns what was done.
+
+    No model card is written here. ``card(folder, report)``, when given, runs on the complete staging folder just
+    before it is moved into place (``eagle convert`` writes the card there): what it writes is published with the
+    rest, and if it raises, nothing is published and an existing ``dst`` is left as it was."""
     from tqdm.auto import tqdm
 
     src, dst = Path(src), Path(dst)
@@ -428,7 +480,9 @@ def convert(
         writer.close()
         config.dtype = str(target_dtype or source_dtype or torch.float32).removeprefix("torch.")
         write_folder_files(staging, processor, config)
-        _write_card(staging, src, config, report)
+        report.source, report.config = src, config
+        if card is not None:
+            card(staging, report)
     logger.info(report.summary())
     return report
 
@@ -454,6 +508,7 @@ def plan_mapping(shapes: dict, config: EagleConfig, expected: dict) -> tuple[dic
             wrong.append(f"{key} {tuple(shape)} -> {target} expects {want}")
             continue
         plan[key] = target
+    report.mapping = dict(plan)
     missing = sorted(set(expected) - set(plan.values()))
     problems = []
     if unknown:
@@ -511,9 +566,3 @@ class ShardWriter:
             "weight_map": {key: renamed[shard] for key, shard in sorted(self.weight_map.items())},
         }
         (self.folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-
-
-def _write_card(folder: Path, src: Path, config: EagleConfig, report: ConversionReport) -> None:
-    from eagle_hub.hub_cards.model_card import converted_model_card
-
-    converted_model_card(config, source=str(src), report=report.summary()).save(folder / "README.md")

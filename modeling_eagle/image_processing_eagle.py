@@ -72,8 +72,8 @@ class EagleImageProcessorKwargs(ImagesKwargs, total=False):
     """
     experts (`list[dict]`, *optional*):
         One entry per vision expert, in model order: `name`, `type` (`clip`, `convnext`, `sam`, `eva02`,
-        `pix2struct`), `image_size`, `image_mean`/`image_std` (3 floats; `None` for Pix2Struct), and for Pix2Struct
-        `max_patches` and `patch_size` (default 16).
+        `pix2struct`, `dinov2`), `image_size`, `image_mean`/`image_std` (3 floats; `None` for Pix2Struct), and for
+        Pix2Struct `max_patches` and `patch_size` (default 16).
     mode (`str`, *optional*, defaults to `"per_expert"`):
         `"per_expert"` (each expert at its own size and normalisation) or `"released"` (the authors' shared
         1024 tensor, reproducing the released checkpoints' preprocessing).
@@ -142,7 +142,10 @@ def open_image(source, where: str, limit: int) -> Image.Image:
         try:
             image = Image.open(text)
         except Image.DecompressionBombError as error:
-            raise ValueError(f"{where}: {text} is refused as a decompression bomb ({error})") from None
+            raise ValueError(
+                f"{where}: {text} is refused as a decompression bomb by Pillow ({error}); a larger max_image_pixels "
+                "also needs PIL.Image.MAX_IMAGE_PIXELS raised"
+            ) from None
         except FileNotFoundError:
             raise ValueError(f"{where}: file not found: {text}") from None
         except IsADirectoryError:
@@ -310,7 +313,7 @@ class EagleImageProcessor(PilBackend):
     mode = "per_expert"
     resize_mode = "pad"
     shared_size = 1024
-    max_image_pixels = 128 * 1024 * 1024
+    max_image_pixels = 1024**3 // 4 // 3  # 89.5 M: Pillow's default PIL.Image.MAX_IMAGE_PIXELS
     shared_mean = list(CLIP_MEAN)
     shared_std = list(CLIP_STD)
 
@@ -380,19 +383,21 @@ class EagleImageProcessor(PilBackend):
             self.process_image(image, input_data_format=input_data_format, index=i) for i, image in enumerate(images)
         ]
 
+    def load_image(self, source, where: str = "image") -> Image.Image:
+        """The RGB image in a file (or a PIL image), as every Eagle command opens one: size checked against
+        ``max_image_pixels`` before decoding, first frame, EXIF orientation applied, transparency over white.
+        Every failure is a ``ValueError`` that names ``where`` and the file."""
+        image = open_image(source, where, self.max_image_pixels)
+        if image.width == 0 or image.height == 0:
+            raise ValueError(f"{where} has size {image.width}x{image.height} (width x height); it must not be empty")
+        return image if image.mode == "RGB" else _composite_to_rgb(image)
+
     def process_image(self, image: Any, input_data_format=None, index: int = 0, **kwargs) -> Image.Image:
         """Convert one input (a path, PIL image, numpy array or torch tensor) to an RGB PIL image; errors name the
         input."""
         where = f"image {index}"
         if isinstance(image, (str, Image.Image)) or hasattr(image, "__fspath__"):
-            image = open_image(image, where, self.max_image_pixels)
-            if image.width == 0 or image.height == 0:
-                raise ValueError(
-                    f"{where} has size {image.width}x{image.height} (width x height); it must not be empty"
-                )
-            if image.mode == "RGB":
-                return image
-            return _composite_to_rgb(image)
+            return self.load_image(image, where)
         if isinstance(image, torch.Tensor):
             image = image.detach().cpu()
             if image.dtype == torch.bfloat16 or image.dtype == torch.float16:

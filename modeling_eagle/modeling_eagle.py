@@ -24,6 +24,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from .configuration_eagle import EagleConfig, EagleVisionConfig
 from .expert_clip import ClipExpert
 from .expert_convnext import ConvNextExpert
+from .expert_dinov2 import Dinov2Expert
 from .expert_eva02 import Eva02Expert
 from .expert_pix2struct import Pix2StructExpert
 from .expert_sam import SamExpert
@@ -76,7 +77,8 @@ EagleCausalLMOutputWithPast = _output_class(
 QUANTIZATION_SKIP_MODULES = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
 
 EXPERT_CLASSES: dict[str, type[VisionExpert]] = {
-    cls.expert_type: cls for cls in (ClipExpert, ConvNextExpert, SamExpert, Eva02Expert, Pix2StructExpert)
+    cls.expert_type: cls
+    for cls in (ClipExpert, ConvNextExpert, SamExpert, Eva02Expert, Pix2StructExpert, Dinov2Expert)
 }
 
 
@@ -577,6 +579,12 @@ class EagleForConditionalGeneration(EaglePreTrainedModel, GenerationMixin):
         if pixel_values is not None and "pixel_values" not in model_inputs and EagleModel.is_prefill(cache):
             model_inputs["pixel_values"] = pixel_values
         return model_inputs
+
+    def generate(self, *args, **kwargs):
+        # transformers serve passes its processor as `tokenizer`; stop strings need the tokenizer's vocabulary.
+        if kwargs.get("tokenizer") is not None:
+            kwargs["tokenizer"] = getattr(kwargs["tokenizer"], "tokenizer", kwargs["tokenizer"])
+        return super().generate(*args, **kwargs)
 
     def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
         # The generic version repeats only top-level tensors; the per-expert list needs the same treatment.

@@ -22,6 +22,28 @@ from .configuration_eagle import (
     EagleConfig,
 )
 
+# The released experts, and candidates of the paper's expert search that the released models do not use.
+FULL_EXPERTS = {
+    **RELEASED_EXPERTS,
+    # Not in the released X5/X4: DINOv2 ViT-L/14 (facebook/dinov2-large), a candidate of the paper's expert search.
+    # Pretrained at 518 px (a 37x37 position table); at the presets' 448 px its map is 32x32.
+    "dinov2": {
+        "type": "dinov2",
+        "image_mean": IMAGENET_MEAN,
+        "image_std": IMAGENET_STD,
+        "config": {
+            "hidden_size": 1024,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 16,
+            "mlp_ratio": 4,
+            "patch_size": 14,
+            "image_size": 518,
+            "layerscale_value": 1.0,
+            "layer_norm_eps": 1e-6,
+        },
+    },
+}
+
 TINY_EXPERTS = {
     "clip": {
         "type": "clip",
@@ -91,6 +113,21 @@ TINY_EXPERTS = {
             "seq_len": 64,
             "layer_norm_eps": 1e-6,
             "dense_act_fn": "gelu_new",
+        },
+    },
+    "dinov2": {
+        "type": "dinov2",
+        "image_size": 56,
+        "image_mean": IMAGENET_MEAN,
+        "image_std": IMAGENET_STD,
+        # Pretrained at 42 px (3x3 patches): the 56 px input exercises position interpolation.
+        "config": {
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "mlp_ratio": 2,
+            "patch_size": 14,
+            "image_size": 42,
         },
     },
 }
@@ -176,6 +213,21 @@ SMALL_EXPERTS = {
             "dense_act_fn": "gelu_new",
         },
     },
+    # Not in eagle-x5-small's five: the sixth candidate of `eagle search-experts --quickstart`, at CLIP's widths.
+    "dinov2": {
+        "type": "dinov2",
+        "image_size": 64,
+        "image_mean": IMAGENET_MEAN,
+        "image_std": IMAGENET_STD,
+        "config": {
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "mlp_ratio": 2,
+            "patch_size": 8,
+            "image_size": 64,
+        },
+    },
 }
 
 SMALL_LLAMA = {
@@ -203,20 +255,31 @@ TINY_LLAMA = {
     "rms_norm_eps": 1e-5,
 }
 
+# What the released NVEagle code feeds each expert type: the resolution, with the input fields that go with it
+# (SAM's 2x pixel_unshuffle onto the shared grid, Pix2Struct's patch budget). The released CLIP tower is named
+# clip-448 but is fed 336 px. The converter writes these; ``eagle bench`` counts the tower's FLOPs at them.
+RELEASED_EXPERT_INPUTS = {
+    "clip": {"image_size": 336},
+    "convnext": {"image_size": 1024},
+    "sam": {"image_size": 1024, "pixel_unshuffle": 2},
+    "eva02": {"image_size": 1024},
+    "pix2struct": {"image_size": 1024, "max_patches": 2048},
+}
+
 X5 = EAGLE_X5_EXPERTS
 X4 = ("clip", "convnext", "eva02", "pix2struct")
 
 PRESETS = {
     "eagle-x5": {
         "experts": X5,
-        "table": RELEASED_EXPERTS,
+        "table": FULL_EXPERTS,
         "text": VICUNA_7B,
         "grid_size": DEFAULT_GRID_SIZE,
         "image_size": DEFAULT_IMAGE_SIZE,
     },
     "eagle-x4": {
         "experts": X4,
-        "table": RELEASED_EXPERTS,
+        "table": FULL_EXPERTS,
         "text": VICUNA_7B,
         "grid_size": DEFAULT_GRID_SIZE,
         "image_size": DEFAULT_IMAGE_SIZE,

@@ -23,6 +23,15 @@ def _count_images(images) -> int:
     return 1
 
 
+def _is_empty(media) -> bool:
+    """None, or lists (nested or not) holding nothing: what a harness passes for a sample without that medium."""
+    if media is None:
+        return True
+    if isinstance(media, (list, tuple)):
+        return all(_is_empty(item) for item in media)
+    return False
+
+
 class EagleProcessor(ProcessorMixin):
     skip_tensor_conversion = ["pixel_values", "video_metadata", "text_replacement_offsets"]
 
@@ -52,7 +61,16 @@ class EagleProcessor(ProcessorMixin):
         text: TextInput | PreTokenizedInput | list[TextInput] | list[PreTokenizedInput] | None = None,
         **kwargs: Unpack[ProcessingKwargs],
     ) -> BatchFeature:
-        output = super().__call__(images=images, text=text, **kwargs)
+        # Harnesses such as lmms-eval's generic model pass videos= and audios= with every request, empty for image
+        # tasks: empty ones are accepted and dropped; Eagle has no video or audio input, so anything else is refused.
+        # They stay out of the signature, which tells callers (transformers' processor tests too) what Eagle takes.
+        for name in ("videos", "audio", "audios"):
+            if not _is_empty(kwargs.pop(name, None)):
+                raise ValueError(
+                    f"Eagle takes images and text only, but {name}= was given; pass video frames as images "
+                    f"(one {self.image_token} each) and leave {name} empty"
+                )
+        output = super().__call__(images=None if _is_empty(images) else images, text=text, **kwargs)
         self._check_length(output, kwargs)
         return output
 

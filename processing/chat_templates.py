@@ -1,4 +1,5 @@
-"""Chat templates in the conversation styles Eagle was trained with (EAGLE-X5.md §4).
+"""Chat templates in the conversation styles the released Eagle checkpoints were trained with (LLaVA's ``vicuna_v1``,
+``llama3``, ``chatml``).
 
 Every template renders ``{"type": "image"}`` content blocks as ``<image>`` (the first user turn in the original
 put the image first, then a newline) and wraps assistant replies in ``{% generation %}`` markers so that

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Set up .venv and run what CI runs: lint, format check, the test suite, then the remote-code and pipeline
 # tests against the oldest transformers this package supports.
+# Usage: bash scripts/test.sh [--eval]   --eval also installs lmms-eval (the eval extra, about 1 GB), so that
+# tests/test_eval.py runs instead of being skipped; CI installs it first (.ci/run), and there a missing lmms-eval fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh "$@"
 VENV="${EAGLE_VENV:-.venv}"
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .

@@ -2,6 +2,7 @@
 
 import math
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,31 @@ from eagle_hub.modeling_eagle.presets import eagle_config  # noqa: E402
 from eagle_hub.processing.local_tokenizer import build_tokenizer  # noqa: E402
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def installed_folders() -> dict[str, Path]:
+    """Installed package name -> repository folder: pyproject's ``[tool.setuptools.package-dir]`` (what pip maps)."""
+    text = (ROOT / "pyproject.toml").read_text()
+    section = text.split("[tool.setuptools.package-dir]", 1)[1].split("\n[", 1)[0]
+    return {name: ROOT / folder for name, folder in re.findall(r'^"([\w.]+)" = "([\w/]+)"$', section, flags=re.M)}
+
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def require_reference(*parts: str) -> Path:
+    """``REFERENCE / parts``: the authors' reference data (shared/reference beside the repository) a test needs.
+
+    Absent, the test is skipped locally; under CI (CI=true) the run fails instead, since the fidelity claims rest
+    on it (as tests/test_space.py does for its browser). Every test that reads shared/reference calls this."""
+    path = REFERENCE.joinpath(*parts)
+    if not path.exists():
+        reason = f"the authors' reference data is missing: {path} (shared/reference is not beside the repository)"
+        if IN_CI:
+            pytest.fail(f"{reason}; CI must have it", pytrace=False)
+        pytest.skip(reason)
+    return path
 
 # Marks used by transformers' common test mixins (its repository conftest registers them).
 TRANSFORMERS_MARKS = (

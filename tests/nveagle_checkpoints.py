@@ -1,7 +1,8 @@
 """Synthetic checkpoints in the authors' released NVEagle format (LLaVA fork, ``model_type: eagle_llama``).
 
 Key names and shapes are enumerated from architecture dims (head size 64 everywhere, as in every released
-expert), so the same code yields the full released key set (checked against ``nveagle-x5-vision-keys.json``)
+expert; SAM's and EVA's can be changed with ``head_dim`` to make checkpoints the converter must refuse), so
+the same code yields the full released key set (checked against ``nveagle-x5-vision-keys.json``)
 and tiny checkpoints of identical structure that convert and run on a CPU in seconds.
 """
 
@@ -150,6 +151,7 @@ def sam_keys(
     image_size: int,
     neck_channels: int,
     mlp: int,
+    head_dim: int = HEAD_DIM,
 ) -> Shapes:
     """transformers' SamVisionEncoder with Eagle's short neck (no conv2 / layer_norm2)."""
     side = image_size // patch
@@ -162,8 +164,8 @@ def sam_keys(
         rows = 2 * side - 1 if i in global_layers else 2 * window - 1
         layer = f"layers.{i}"
         shapes.update(_norm(f"{layer}.layer_norm1", hidden))
-        shapes[f"{layer}.attn.rel_pos_h"] = (rows, HEAD_DIM)
-        shapes[f"{layer}.attn.rel_pos_w"] = (rows, HEAD_DIM)
+        shapes[f"{layer}.attn.rel_pos_h"] = (rows, head_dim)
+        shapes[f"{layer}.attn.rel_pos_w"] = (rows, head_dim)
         shapes.update(_linear(f"{layer}.attn.qkv", 3 * hidden, hidden))
         shapes.update(_linear(f"{layer}.attn.proj", hidden, hidden))
         shapes.update(_norm(f"{layer}.layer_norm2", hidden))
@@ -175,12 +177,19 @@ def sam_keys(
 
 
 def eva02_keys(
-    hidden: int, depth: int, window_blocks, patch: int, image_size: int, pretrain: int = 224, window: int = 16
+    hidden: int,
+    depth: int,
+    window_blocks,
+    patch: int,
+    image_size: int,
+    pretrain: int = 224,
+    window: int = 16,
+    head_dim: int = HEAD_DIM,
 ) -> Shapes:
     """The EVA-02 ViTDet backbone of Eagle's ``det-1024`` tower, per-block rope copies included."""
     side = image_size // patch
     mlp = int(hidden * 4 * 2 / 3)
-    window_table, global_table = (window * window, HEAD_DIM), (side * side, HEAD_DIM)
+    window_table, global_table = (window * window, head_dim), (side * side, head_dim)
     shapes = {
         "pos_embed": (1, (pretrain // patch) ** 2 + 1, hidden),
         "patch_embed.proj.weight": (hidden, 3, patch, patch),
@@ -319,13 +328,14 @@ def is_layer_scale(key: str) -> bool:
     return len(parts) >= 4 and parts[-4] == "stages" and parts[-2] == "blocks"
 
 
-def eva_rope_table(side: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """2D rotary tables ``(side*side, 64)`` in the EVA-02 layout (rows then columns, pairwise-repeated)."""
-    freqs = 1.0 / 10000 ** (torch.arange(0, 32, 2).float() / 32)
+def eva_rope_table(side: int, head_dim: int = HEAD_DIM) -> tuple[torch.Tensor, torch.Tensor]:
+    """2D rotary tables ``(side*side, head_dim)`` in the EVA-02 layout (rows then columns, pairwise-repeated)."""
+    half = head_dim // 2
+    freqs = 1.0 / 10000 ** (torch.arange(0, half, 2).float() / half)
     axis = (torch.arange(side) / side * 16)[:, None] * freqs[None, :]
-    axis = axis.repeat_interleave(2, dim=-1)  # (side, 32)
-    grid = torch.cat((axis[:, None].expand(side, side, 32), axis[None, :].expand(side, side, 32)), dim=-1)
-    grid = grid.reshape(side * side, 64)
+    axis = axis.repeat_interleave(2, dim=-1)  # (side, half)
+    grid = torch.cat((axis[:, None].expand(side, side, half), axis[None, :].expand(side, side, half)), dim=-1)
+    grid = grid.reshape(side * side, head_dim)
     return grid.cos(), grid.sin()
 
 
@@ -338,7 +348,7 @@ def random_tensors(shapes: Shapes, dtype=torch.bfloat16, seed: int = 0) -> dict[
         if ".rope." in key:
             continue  # the per-block copies, filled below from the shared tables
         if key.endswith(("rope_win.freqs_cos", "rope_win.freqs_sin", "rope_glb.freqs_cos", "rope_glb.freqs_sin")):
-            cos, sin = eva_rope_table(math.isqrt(shape[0]))
+            cos, sin = eva_rope_table(math.isqrt(shape[0]), shape[1])
             tensor = cos if key.endswith("cos") else sin
         else:
             tensor = torch.randn(shape, generator=generator)

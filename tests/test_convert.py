@@ -4,9 +4,12 @@ The key mapping is checked at the full released size on shapes only (every relea
 Llama-3-8B LLM, against the state dict of an Eagle built on the meta device); synthetic checkpoints of the same
 structure (tests/nveagle_checkpoints.py) are converted end to end: tensors copied bit for bit, the image-token
 row added, projector and image splice checked against references computed from the source tensors, legacy
-``.bin`` input, corrupt input refused without leaving anything behind, and a fresh-process pipeline.
+``.bin`` input, corrupt input (head sizes the tensors contradict included) refused without leaving anything behind,
+and a fresh-process pipeline. The converter returns its report and writes no card; ``eagle convert`` writes the card
+inside the same atomic move.
 """
 
+import ast
 import json
 import re
 import shutil
@@ -16,10 +19,11 @@ from types import SimpleNamespace
 import nveagle_checkpoints as nc
 import pytest
 import torch
-from conftest import make_image
+from conftest import make_image, require_reference
 from safetensors.torch import load_file
 from transformers import AutoProcessor
 
+from eagle_hub.cli import main
 from eagle_hub.hub_cards.fresh_process import run_without_package
 from eagle_hub.modeling_eagle import convert_nveagle
 from eagle_hub.modeling_eagle.convert_nveagle import ConversionError, convert
@@ -27,6 +31,7 @@ from eagle_hub.modeling_eagle.modeling_eagle import EagleForConditionalGeneratio
 from eagle_hub.processing.chat_templates import CHAT_TEMPLATES
 
 RELEASED_KEYS = nc.REFERENCE / "nveagle-x5-vision-keys.json"
+ROOT = Path(__file__).resolve().parents[1]
 CHAT_TEMPLATE_OF = {"vicuna": "vicuna_v1", "llama3": "llama3"}
 
 
@@ -137,8 +142,8 @@ def released_shapes(layout: str, llm: str) -> tuple[dict, dict]:
     return shapes, nc.original_config(layout, llm, nc.FULL, token_ids)
 
 
-@pytest.mark.skipif(not RELEASED_KEYS.is_file(), reason="shared/reference is not beside the repo")
 def test_generator_reproduces_every_released_vision_key_and_shape():
+    require_reference(RELEASED_KEYS.name)
     released = {key: tuple(shape) for key, shape in json.loads(RELEASED_KEYS.read_text()).items()}
     generated = nc.vision_keys("x5", nc.FULL)
     assert len(generated) == len(released) == 1791
@@ -147,9 +152,9 @@ def test_generator_reproduces_every_released_vision_key_and_shape():
     assert nc.mm_hidden_size("x5", nc.FULL) == 7680
 
 
-@pytest.mark.skipif(not RELEASED_KEYS.is_file(), reason="shared/reference is not beside the repo")
 @pytest.mark.parametrize("layout, llm", [("x5", "vicuna"), ("x4", "llama3")])
 def test_full_size_release_maps_onto_exactly_the_model_keys(layout, llm):
+    require_reference(RELEASED_KEYS.name)
     shapes, source = released_shapes(layout, llm)
     config = convert_nveagle.build_config(Path("unused"), source, shapes)
     with torch.device("meta"):
@@ -209,8 +214,8 @@ def conversions(tmp_path_factory):
 
     def get(layout: str, llm: str) -> SimpleNamespace:
         if (layout, llm) not in done:
-            if llm == "vicuna" and not nc.REFERENCE_CHECKPOINT.is_dir():
-                pytest.skip("the Vicuna-style tokenizer comes from shared/reference/nveagle-reference-x5")
+            if llm == "vicuna":  # the Vicuna-style tokenizer comes from the reference checkpoint
+                require_reference("nveagle-reference-x5", "checkpoint", "tokenizer.model")
             root = tmp_path_factory.mktemp(f"{layout}-{llm}")
             src, dst = root / "src", root / "out" / "dst"
             nc.write_checkpoint(src, layout=layout, llm=llm, shards=3 if layout == "x4" else 2, seed=1)
@@ -236,7 +241,7 @@ def converted(request, conversions):
     return conversions(*request.param)
 
 
-def test_report_accounts_for_every_source_tensor(converted):
+def test_report_accounts_for_every_source_tensor(converted, tmp_path):
     source = load_folder(converted.src)
     report = converted.report
     dropped = {key for keys in report.dropped.values() for key in keys}
@@ -246,6 +251,12 @@ def test_report_accounts_for_every_source_tensor(converted):
     eva_depth = nc.SMALL["eva02"]["depth"]
     assert sorted(len(keys) for keys in report.dropped.values()) == sorted([2, 4, 2 * eva_depth])
     assert str(report.converted) in report.summary()
+    # What was converted, from where, into what: the caller writes the card from this.
+    assert report.mapping == {key: converted_name(key, converted.layout) for key in source if key not in dropped}
+    assert report.converted == len(report.mapping)
+    assert report.source == converted.src
+    report.config.save_pretrained(tmp_path)
+    assert (tmp_path / "config.json").read_text() == (converted.dst / "config.json").read_text()
 
 
 def test_output_folder_is_hub_ready_with_the_right_chat_template_and_image_token(converted):
@@ -255,8 +266,9 @@ def test_output_folder_is_hub_ready_with_the_right_chat_template_and_image_token
     vocab = source_config["vocab_size"]
     assert config["model_type"] == "eagle" and "auto_map" in config
     assert config["image_token_id"] == vocab and config["text_config"]["vocab_size"] == vocab + 1
-    for name in ("modeling_eagle.py", "configuration_eagle.py", "processing_eagle.py", "README.md"):
+    for name in ("modeling_eagle.py", "configuration_eagle.py", "processing_eagle.py"):
         assert (dst / name).is_file(), name
+    assert not (dst / "README.md").exists(), "the converter writes no card; its caller (eagle convert) does"
     assert not list(dst.glob("*.bin")) and not list(dst.parent.glob(".*")), "no pickles, no staging leftovers"
     index = json.loads((dst / "model.safetensors.index.json").read_text())  # converted with small shards
     assert len(set(index["weight_map"].values())) > 1
@@ -456,6 +468,7 @@ def _pop(key):
 
 
 # X4 towers: 0 clip, 1 convnext, 2 eva02 (det), 3 pix2struct. The Llama-3-style LLM has hidden 128.
+# (X5 puts SAM at 2 and EVA at 3.)
 EVA, PIX = f"{nc.TOWER_PREFIX}2.vision_tower.", f"{nc.TOWER_PREFIX}3.vision_tower."
 CORRUPT = {
     "missing-shard": (
@@ -620,3 +633,127 @@ def test_unindexed_bin_checkpoint_ignores_training_args(tmp_path):
     torch.save({"learning_rate": 2e-5}, src / "training_args.bin")
     report = convert(src, tmp_path / "dst")
     assert report.converted + sum(len(keys) for keys in report.dropped.values()) == report.source_tensors
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Head size: the converter builds heads of 64 and refuses tensors that record another size
+
+
+def _with_head_size(expert: str, head_dim: int, **changes) -> dict:
+    dims = {**nc.SMALL, expert: {**nc.SMALL[expert], "head_dim": head_dim, **changes}}
+    return dims
+
+
+SAM, EVA_X5 = f"{nc.TOWER_PREFIX}2.vision_tower.", f"{nc.TOWER_PREFIX}3.vision_tower."
+HEAD_SIZE_CASES = {
+    # A whole expert built with heads of 32 (hidden 64 = 2 x 32): every table says 32.
+    "sam-heads-of-32": ("x5", _with_head_size("sam", 32), None, rf"expert 2 \(sam-1024\): {re.escape(SAM)}"
+                        r"layers\.0\.attn\.rel_pos_h \(27, 32\) records attention head size 32, but this converter "
+                        r"assumes 64"),
+    "eva-heads-of-32": ("x4", _with_head_size("eva02", 32), None, rf"expert 2 \(det-1024\): {re.escape(EVA)}"
+                        r"blocks\.0\.attn\.rope\.freqs_cos \(256, 32\) records attention head size 32"),
+    # One table alone disagrees (the shared window table; its per-block copies still say 64).
+    "eva-window-table": ("x4", nc.SMALL, _replace(f"{EVA}rope_win.freqs_sin", (256, 128)),
+                         rf"{re.escape(EVA)}rope_win\.freqs_sin \(256, 128\) records attention head size 128"),
+    "sam-one-layer": ("x5", nc.SMALL, _replace(f"{SAM}layers.1.attn.rel_pos_w", (127, 16)),
+                      rf"{re.escape(SAM)}layers\.1\.attn\.rel_pos_w \(127, 16\) records attention head size 16"),
+    # A hidden size that heads of 64 cannot split.
+    "eva-hidden-96": ("x4", {**nc.SMALL, "eva02": {**nc.SMALL["eva02"], "hidden": 96}}, None,
+                      rf"{re.escape(EVA)}patch_embed\.proj\.weight \(96, 3, 16, 16\) gives hidden size 96, not a "
+                      r"multiple of the head size 64"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(HEAD_SIZE_CASES))
+def test_a_head_size_the_tensors_contradict_is_refused_naming_the_tensor(case, tmp_path):
+    layout, dims, edit, message = HEAD_SIZE_CASES[case]
+    nc.write_checkpoint(tmp_path / "src", layout=layout, llm="llama3", dims=dims, edit=edit)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ConversionError, match=re.compile(message, re.S)):
+        convert(tmp_path / "src", tmp_path / "out" / "eagle")
+    nothing_left(tmp_path / "out")
+
+
+def test_the_head_size_check_passes_every_released_table():
+    """The check reads the released tables as head size 64 (the full X5 key list: SAM's 48 rel_pos tables,
+    EVA's 4 shared and 48 per-block rope tables)."""
+    require_reference(RELEASED_KEYS.name)
+    released = {key: tuple(shape) for key, shape in json.loads(RELEASED_KEYS.read_text()).items()}
+    checked = 0
+    for index, expert in ((2, "sam"), (3, "eva02")):
+        prefix = f"{nc.TOWER_PREFIX}{index}.vision_tower."
+        local = {key[len(prefix) :]: shape for key, shape in released.items() if key.startswith(prefix)}
+        convert_nveagle.check_head_size(expert, local, prefix, expert)
+        checked += sum(bool(re.fullmatch(convert_nveagle.HEAD_SIZE_TENSORS[expert], key)) for key in local)
+    assert checked == 48 + 4 + 48
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The report and the card: convert() returns what it did, `eagle convert` writes the card
+
+
+def test_eagle_convert_writes_the_card_inside_the_atomic_move(x4_llama3, tmp_path, capsys):
+    dst = tmp_path / "out" / "eagle"
+    assert main(["convert", str(x4_llama3.src), str(dst)]) == 0
+    printed = capsys.readouterr().out
+    assert printed == f"converted {x4_llama3.src} -> {dst}: {x4_llama3.report.summary()}\n"
+    card = (dst / "README.md").read_text()
+    assert f"Converted from the NVEagle checkpoint `{x4_llama3.src}`" in card
+    assert f"Conversion: {x4_llama3.report.summary()}." in card
+    # The card is the one file the converter alone does not write; everything else is identical.
+    convert(x4_llama3.src, tmp_path / "plain")
+    with_card, plain = _snapshot(dst), _snapshot(tmp_path / "plain")
+    assert with_card.pop("README.md") and with_card == plain
+    nothing_left(tmp_path / "out", keep={"eagle"})
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-output", "replacing-with-force"])
+def test_a_card_that_cannot_be_written_publishes_nothing_and_says_so(
+    x4_llama3, tmp_path, monkeypatch, capsys, existing
+):
+    from eagle_hub.cli import convert as convert_command
+
+    out, dst = tmp_path / "out", tmp_path / "out" / "eagle"
+    out.mkdir()
+    if existing:
+        shutil.copytree(x4_llama3.dst, dst)
+        before = _snapshot(dst)
+
+    def broken_card(folder, report):
+        (folder / "README.md").write_text("half a card")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(convert_command, "write_card", broken_card)
+    argv = ["convert", str(x4_llama3.src), str(dst), *(["--force"] if existing else [])]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert "writing the model card failed, so nothing was written to" in error and "No space left" in error
+    if existing:
+        assert _snapshot(dst) == before, "the previous output must survive"
+        nothing_left(out, keep={"eagle"})
+    else:
+        nothing_left(out)
+
+
+def test_the_model_package_imports_nothing_from_the_cards_training_benchmarks_or_cli():
+    forbidden = {"hub_cards", "training", "benchmarks", "cli"}
+    found = []
+    for path in sorted((ROOT / "modeling_eagle").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                # "from .. import hub_cards" / "from ..hub_cards import x" leave the package; so does eagle_hub.X.
+                modules = [f"eagle_hub.{base}" if node.level > 1 else base]
+                if node.level > 1 and not base:
+                    modules = [f"eagle_hub.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for module in modules:
+                parts = module.split(".")
+                if parts[0] == "eagle_hub" and len(parts) > 1 and parts[1] in forbidden:
+                    found.append(f"{path.name}:{node.lineno} imports {module}")
+                elif parts[0] in forbidden and getattr(node, "level", 0) == 0:
+                    found.append(f"{path.name}:{node.lineno} imports {module}")
+    assert found == []

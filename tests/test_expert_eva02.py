@@ -3,21 +3,32 @@
 import glob
 import json
 from functools import partial
-from pathlib import Path
 
 import pytest
 import torch
 import torch.utils.checkpoint
+from conftest import REFERENCE, require_reference
 
 from eagle_hub.modeling_eagle.expert_eva02 import Eva02Block, Eva02Expert, rope_2d_tables
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference"
-CASE = SHARED / "nveagle-reference-x5"
+CASE = REFERENCE / "nveagle-reference-x5"
 PREFIX = "model.vision_tower.vision_towers.3.vision_tower."
-needs_reference = pytest.mark.skipif(
-    not (CASE / "checkpoint").is_dir() or not (CASE / "reference" / "reference.safetensors").is_file(),
-    reason=f"Eagle reference case not found at {CASE} (shared reference data absent)",
-)
+# Max |ours - reference| / max |reference| for the expert's output, as in test_convert_reference.py: measured
+# 5.8e-7 (6.4e-7 at the AVX2 kernels), and alt_fp32rope.raw_det lies 6.8e-5 from the reference.
+TOLERANCE = 2e-6
+SEPARATION = 10  # ours vs the alternative: at least this many times farther from the one we do not reproduce
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual - expected).abs().max() / expected.abs().max())
+
+
+@pytest.fixture
+def needs_reference():
+    """The reference case (checkpoint and tensors): skipped locally when absent, a failure under CI=true."""
+    require_reference("nveagle-reference-x5", "checkpoint")
+    require_reference("nveagle-reference-x5", "reference", "reference.safetensors")
+
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2, "pretrain_image_size": 64}
 
@@ -71,7 +82,7 @@ def authors_rope(head_dim: int, n: int, pt_seq_len: int = 16, theta: float = 100
 # --------------------------------------------------------------------------------------------------------------
 
 
-@needs_reference
+@pytest.mark.usefixtures("needs_reference")
 def test_fidelity_against_reference_case():
     from safetensors.torch import load_file
 
@@ -98,37 +109,35 @@ def test_fidelity_against_reference_case():
     expert.load_state_dict({key: value.float() for key, value in state.items()}, strict=True)
 
     reference = load_file(str(CASE / "reference" / "reference.safetensors"))
-    pixels = reference["pixel_1024"]
+    pixels, expected, alternative = reference["pixel_1024"], reference["raw_det"], reference["alt_fp32rope.raw_det"]
+    assert expected.shape == alternative.shape == (1, 128, 64, 64)
 
+    # With the tables stored in the checkpoint (bf16-rounded), as the authors' loader uses them.
     with torch.no_grad():
         output = expert(pixels)
-    expected = reference["raw_det"]
-    assert output.shape == expected.shape == (1, 128, 64, 64)
-    error = (output - expected).abs().max().item()
-    scale = expected.abs().max().item()
-    print(f"raw_det: max abs error {error:.3e} (reference max abs {scale:.3f})")
-    assert error <= 1e-4 * scale
+    assert output.shape == expected.shape
+    to_reference, to_alternative = relative_error(output, expected), relative_error(output, alternative)
+    print(f"raw_det: {to_reference:.2e} of scale from the reference, {to_alternative:.2e} from alt_fp32rope")
+    assert to_reference <= TOLERANCE
+    assert to_alternative >= SEPARATION * to_reference and to_alternative > 5 * TOLERANCE
 
-    # Stored tables are the formula rounded to bf16; with exact fp32 tables we match the fp32-rope alternative.
+    # Recomputed in exact fp32 (what a converter that drops the stored tables would run): this is the alternative,
+    # and it fails the reference by far more than the tolerance.
     for table in (expert.rope_win, expert.rope_glb):
         cos, sin = rope_2d_tables(table.head_dim, table.side, table.side, 16)
-        assert (cos - table.freqs_cos).abs().max() < 4e-3
+        assert 0 < (cos - table.freqs_cos).abs().max() < 4e-3  # the stored tables are these, rounded to bf16
         table.freqs_cos.copy_(cos)
         table.freqs_sin.copy_(sin)
     with torch.no_grad():
         output = expert(pixels)
-    expected = reference["alt_fp32rope.raw_det"]
-    error = (output - expected).abs().max().item()
-    scale = expected.abs().max().item()
-    print(f"alt_fp32rope.raw_det: max abs error {error:.3e} (reference max abs {scale:.3f})")
-    assert error <= 1e-4 * scale
+    to_reference, to_alternative = relative_error(output, expected), relative_error(output, alternative)
+    print(f"fp32 tables: {to_alternative:.2e} of scale from alt_fp32rope, {to_reference:.2e} from the reference")
+    assert to_alternative <= TOLERANCE
+    assert to_reference >= SEPARATION * to_alternative and to_reference > 5 * TOLERANCE
 
 
-@needs_reference
 def test_full_size_key_layout_matches_released_checkpoint():
-    keys_file = SHARED / "nveagle-x5-vision-keys.json"
-    if not keys_file.is_file():
-        pytest.skip(f"{keys_file} not found")
+    keys_file = require_reference("nveagle-x5-vision-keys.json")
     released = {
         key[len(PREFIX) :]: tuple(shape)
         for key, shape in json.loads(keys_file.read_text()).items()

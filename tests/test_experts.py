@@ -152,7 +152,10 @@ def test_position_tables_keep_their_pretrained_size_at_any_resolution():
         assert eva.pos_embed.shape == (1, 5, 32)
 
 
+# EAGLE-X5.md §7 and the README, in millions to 0.01 M: what the model uses (without CLIP's post_layernorm,
+# ConvNeXt's classifier head and EVA's rotary tables, which are buffers).
 EXPECTED_MILLIONS = {"clip": 303.51, "convnext": 843.39, "sam": 307.69, "eva02": 303.39, "pix2struct": 512.81}
+EXPECTED_TOWER_MILLIONS = {"eagle-x5": 2270.79, "eagle-x4": 1963.10}
 
 
 @pytest.mark.parametrize("preset", ["eagle-x5", "eagle-x4"])
@@ -167,13 +170,16 @@ def test_full_size_presets_match_the_released_parameter_counts(preset):
         if preset == "eagle-x5"
         else ["clip", "convnext", "eva02", "pix2struct"]
     )
-    for name, expert in tower.experts.items():
-        millions = sum(p.numel() for p in expert.parameters()) / 1e6
-        assert abs(millions - EXPECTED_MILLIONS[name]) / EXPECTED_MILLIONS[name] < 0.01, (name, millions)
+    counts = {name: sum(p.numel() for p in expert.parameters()) for name, expert in tower.experts.items()}
+    assert {name: round(n / 1e6, 2) for name, n in counts.items()} == {name: EXPECTED_MILLIONS[name] for name in names}
+    assert sum(p.numel() for p in tower.parameters()) == sum(counts.values())  # nothing else in the tower
+    assert round(sum(counts.values()) / 1e6, 2) == EXPECTED_TOWER_MILLIONS[preset]
     assert tower.hidden_size == (7680 if preset == "eagle-x5" else 6656)
-    projector = sum(p.numel() for p in model.model.multi_modal_projector.parameters()) / 1e6
+    projector = sum(p.numel() for p in model.model.multi_modal_projector.parameters())
+    # Linear(hidden_size, 4096) + Linear(4096, 4096), with biases: 48.2 M for X5 (EAGLE-X5.md §7).
+    assert projector == tower.hidden_size * 4096 + 4096 + 4096 * 4096 + 4096
     if preset == "eagle-x5":
-        assert abs(projector - 48.2) < 0.1
+        assert round(projector / 1e6, 1) == 48.2
     assert config.image_seq_length == 1024
     assert all(spec["image_size"] == 448 for spec in config.vision_config.experts)
 

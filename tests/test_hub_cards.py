@@ -18,7 +18,6 @@ from eagle_hub.hub_cards.model_card import (
     converted_model_card,
     model_card_for_folder,
     parameter_counts,
-    training_info_from_recipe,
     write_model_card,
 )
 
@@ -148,25 +147,6 @@ def test_training_record_fills_stages_datasets_and_base_model(folder):
     assert "1.2345" in card.text and "random weights" not in card.text
 
 
-def test_training_record_from_a_recipe(tmp_path):
-    from eagle_hub.training.recipe import load_recipe
-
-    recipe = load_recipe(ROOT / "training" / "recipes" / "tiny.yaml")
-    (tmp_path / "hf" / "captions").mkdir(parents=True)
-    recipe.data_root = str(tmp_path)
-    summaries = {"stage3-sft": {"losses": [3.0, 2.5]}}
-    info = training_info_from_recipe(recipe, summaries, upto="stage2-align")
-    assert [(s["name"], s["kind"]) for s in info["stages"]] == [
-        ("stage1-prealign", "prealign"),
-        ("stage2-align", "align"),
-    ]
-    full = training_info_from_recipe(recipe, summaries)
-    assert full["stages"][-1]["final_loss"] == 2.5 and full["stages"][-1]["train"] == ["experts", "projector", "llm"]
-    assert full["datasets"] == []  # local data is described in the table, not claimed as a Hub dataset
-    recipe.stages[1].data.path = "eagle-org/captions"  # not on disk: the loader reads it from the Hub
-    assert training_info_from_recipe(recipe)["datasets"] == ["eagle-org/captions"]
-
-
 def test_converted_card_keeps_its_signature(model):
     card = converted_model_card(model.config, source="NVEagle/Eagle-X5-7B", report="235 tensors converted")
     assert card.data.base_model == ["NVEagle/Eagle-X5-7B"]
@@ -216,18 +196,27 @@ def test_card_snippets_run_against_the_local_folder(folder, tmp_path, model, pro
         env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")},
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    first, second = run.stdout.split("=== snippet 1")
-    # The AutoModel snippet prints what this process computes greedily for the same image and question.
+    first, second = run.stdout.split("=== snippet 1\n")
+    # Each snippet prints what this process computes greedily (the folder's generation config is greedy) for the same
+    # image and question: the AutoModel snippet through the processor, the pipeline through the chat template.
     import torch
     from PIL import Image
 
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in this image?"}]}]
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    inputs = processor(images=[Image.open(work / "example.jpg").convert("RGB")], text=[prompt], return_tensors="pt")
-    with torch.inference_mode():
-        output = model.generate(**inputs, max_new_tokens=64, do_sample=False)
-    expected = processor.post_process_image_text_to_text(
-        output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
-    )
-    assert expected[0] in first
-    assert second.strip()  # the pipeline answered
+    image = Image.open(work / "example.jpg").convert("RGB")
+
+    def greedy_answer(question: str, **processor_kwargs) -> str:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+        inputs = processor(images=[image], text=[prompt], return_tensors="pt", **processor_kwargs)
+        with torch.inference_mode():
+            output = model.generate(**inputs, max_new_tokens=64, do_sample=False)
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        return processor.post_process_image_text_to_text(new_tokens, skip_special_tokens=True)[0]
+
+    expected = greedy_answer("What is in this image?")
+    assert expected.strip(), "an empty answer would make the comparison vacuous"
+    assert first == f"=== snippet 0\n{expected}\n\n"  # print(answer[0]), then the runner's print()
+    # The pipeline renders the chat itself, so the text already carries the BOS token.
+    expected = greedy_answer("Describe it.", add_special_tokens=False)
+    assert expected.strip()
+    assert second == f"{expected}\n\n"

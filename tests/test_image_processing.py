@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import require_reference
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -15,8 +16,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from eagle_hub.modeling_eagle.image_processing_eagle import EagleImageProcessor  # noqa: E402
-
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "nveagle-reference-x5" / "reference"
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -175,11 +174,29 @@ def test_return_tensors_np(processor, wide):
 
 # ----------------------------------------------------------------------------------------------- pix2struct
 def test_pix2struct_grid_formula_released_case():
-    max_patches, patch, side = 2048, 16, 1024
-    scale = math.sqrt(max_patches * (patch / side) * (patch / side))
-    rows = max(min(int(scale * side / patch), max_patches), 1)
-    cols = max(min(int(scale * side / patch), max_patches), 1)
-    assert rows == cols == math.isqrt(max_patches) == 45
+    """The released Pix2Struct input (2048 patches of 16 px on the 1024 px square) is the 45x45 grid transformers'
+    own Pix2StructImageProcessor makes: 2025 real rows with 1-based ids, 23 zero rows, the same values."""
+    from transformers import Pix2StructImageProcessor
+
+    max_patches, patch, size = 2048, 16, 1024
+    experts = [
+        {"name": "p2s", "type": "pix2struct", "image_size": size, "max_patches": max_patches, "patch_size": patch}
+    ]
+    image = random_image(size, size, seed=6)
+    got = EagleImageProcessor(experts=experts)(image, return_tensors="pt")["pixel_values"][0][0]
+    assert got.shape == (max_patches, 2 + 3 * patch * patch)
+    side = 45
+    np.testing.assert_array_equal(got[: side * side, 0].numpy(), np.repeat(np.arange(1, side + 1), side))
+    np.testing.assert_array_equal(got[: side * side, 1].numpy(), np.tile(np.arange(1, side + 1), side))
+    assert torch.count_nonzero(got[side * side :]) == 0 and (got[: side * side].abs().sum(-1) > 0).all()
+
+    chw = np.asarray(image).astype(np.float32).transpose(2, 0, 1).copy()  # no pad, no resize: already 1024 square
+    hf = Pix2StructImageProcessor(max_patches=max_patches, patch_size={"height": patch, "width": patch}, is_vqa=False)
+    want = hf(chw, return_tensors="pt")
+    assert int(want["attention_mask"][0].sum()) == side * side
+    error = (got - want["flattened_patches"][0]).abs().max().item()
+    print(f"released Pix2Struct patches vs transformers: max abs {error:.2e}")
+    assert error <= 2e-6  # measured 4.8e-7
 
 
 def test_pix2struct_ids_padding_and_values(processor, wide, tall):
@@ -224,11 +241,12 @@ def test_pix2struct_patch_layout_by_hand():
 
 # ----------------------------------------------------------------------------------------------- released
 def test_released_mode_matches_reference():
-    if not (REFERENCE / "reference.safetensors").is_file():
-        pytest.skip(f"reference tensors not found under {REFERENCE}")
     from safetensors.torch import load_file
 
-    ref = load_file(str(REFERENCE / "reference.safetensors"))
+    reference = require_reference("nveagle-reference-x5", "reference")
+    require_reference("nveagle-reference-x5", "reference", "reference.safetensors")
+
+    ref = load_file(str(reference / "reference.safetensors"))
     experts = [
         {
             "name": "clip",
@@ -245,7 +263,7 @@ def test_released_mode_matches_reference():
     for spec in experts[1:4]:
         spec["image_std"] = list(CLIP_STD)
     processor = EagleImageProcessor(experts=experts, mode="released")
-    image = Image.open(REFERENCE / "image.png")
+    image = Image.open(reference / "image.png")
     out = processor(image, return_tensors="pt")["pixel_values"]
     assert [tuple(t.shape) for t in out] == [(1, 3, 336, 336)] + [(1, 3, 1024, 1024)] * 3 + [(1, 2048, 770)]
     errors = {}

@@ -87,10 +87,48 @@ def test_vicuna_without_system_prompt_renders_the_same_turns(processor):
     assert full.replace(VICUNA_SYSTEM, "") == bare
 
 
-@pytest.mark.parametrize("style", ["llama3", "chatml"])
-def test_other_templates_render_images_and_generation_markers(style):
+LLAMA3_RENDERED = (
+    f"<s><|start_header_id|>system<|end_header_id|>\n\n{VICUNA_SYSTEM}<|eot_id|>"
+    "<|start_header_id|>user<|end_header_id|>\n\n<image>\nWhat shapes are in the picture?<|eot_id|>"
+    "<|start_header_id|>assistant<|end_header_id|>\n\nA square.<|eot_id|>"
+    "<|start_header_id|>user<|end_header_id|>\n\nAnd colours?<|eot_id|>"
+    "<|start_header_id|>assistant<|end_header_id|>\n\n"
+)
+CHATML_RENDERED = (
+    "<|im_start|>system\nAnswer the questions.<|im_end|>\n"
+    "<|im_start|>user\n<image>\nWhat shapes are in the picture?<|im_end|>\n"
+    "<|im_start|>assistant\nA square.<|im_end|>\n"
+    "<|im_start|>user\nAnd colours?<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
+
+
+@pytest.mark.parametrize(
+    "style, rendered, reply_end",
+    [("llama3", LLAMA3_RENDERED, "<|eot_id|>"), ("chatml", CHATML_RENDERED, "<|im_end|>")],
+)
+def test_other_templates_render_images_and_generation_markers(processor, style, rendered, reply_end):
+    messages = chat("What shapes are in the picture?") + [
+        {"role": "assistant", "content": [{"type": "text", "text": "A square."}]},
+        {"role": "user", "content": [{"type": "text", "text": "And colours?"}]},
+    ]
     template = CHAT_TEMPLATES[style]
-    assert "generation" in template and "endgeneration" in template
+    assert processor.apply_chat_template(messages, chat_template=template, add_generation_prompt=True) == rendered
+    # The generation markers cover the reply and its end-of-turn marker, nothing else.
+    messages = [
+        {"role": "user", "content": [{"type": "image", "image": make_image()}, {"type": "text", "text": "Colour?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "red"}]},
+    ]
+    out = processor.apply_chat_template(
+        messages,
+        chat_template=template,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+        return_assistant_tokens_mask=True,
+    )
+    mask = out["assistant_masks"][0].bool()
+    assert processor.tokenizer.decode(out["input_ids"][0][mask]) == f"red{reply_end}"
 
 
 def test_post_process_and_num_multimodal_tokens(processor):

@@ -62,16 +62,21 @@ def greedy_answer(folder, image, question, max_new_tokens) -> str:
 # ------------------------------------------------------------------------------------------------ in process
 
 
-def test_answers_stream_and_match_greedy_generation(saved_folder):
+def test_answers_stream_and_match_greedy_generation(saved_folder, tmp_path):
     app = load_app()
     demo = app.EagleDemo(str(saved_folder))
     assert demo.error is None
     image = make_image(64, 48)
-    chunks = list(demo.answer(image, QUESTION, MAX_NEW_TOKENS))
+    image.save(tmp_path / "upload.png")
+    chunks = list(demo.answer(str(tmp_path / "upload.png"), QUESTION, MAX_NEW_TOKENS))
     assert len(chunks) > 1  # streamed: the answer grows over several updates
     assert all(b.startswith(a) for a, b in zip(chunks, chunks[1:]))
     assert chunks[-1] == greedy_answer(saved_folder, image, QUESTION, MAX_NEW_TOKENS)
     assert list(demo.answer(None, QUESTION)) == ["Upload an image first."]
+    # An upload the processor's loader refuses is reported on the page, naming the problem.
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (message,) = demo.answer(str(tmp_path / "broken.png"), QUESTION)
+    assert message.startswith("That image cannot be used: the uploaded image:") and "broken.png" in message
 
 
 def test_experts_examples_and_failure(saved_folder, tmp_path, model):

@@ -16,7 +16,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from eagle_hub.training.callbacks import FrozenWeightsCallback, fingerprint
 from eagle_hub.training.recipe import RecipeError, load_recipe, parse_recipe
-from eagle_hub.training.runner import build_start, build_trainer, run_recipe
+from eagle_hub.training.runner import build_start, build_trainer, run_recipe, training_record
 from eagle_hub.training.synth import generate
 
 HERE = Path(__file__).resolve().parent
@@ -61,6 +61,9 @@ def changed(before: dict, after: dict, prefix: str) -> tuple[int, int]:
 
 
 EXPERTS = ("clip", "convnext", "sam", "eva02", "pix2struct")
+# Relative loss drops on a fixed batch, about half of what the tiny recipe achieves (measured: stage 2, projector only,
+# 8 steps: 6.443 -> 6.380, 1.0%; stage 3, everything, 8 steps: 6.302 -> 5.565, 11.7%).
+STAGE2_DROP, STAGE3_DROP = 0.005, 0.05
 LLM = ("model.language_model.", "lm_head.")
 
 
@@ -136,16 +139,48 @@ def test_stage3_trains_everything(run):
         assert moved > total // 2, (prefix, moved, total)
 
 
-def test_loss_falls_in_stages_2_and_3(run):
-    summaries = run["summaries"]
+def loss_on(folder: Path, stage, recipe, n: int = 16) -> float:
+    """A saved model's loss on the first ``n`` examples of a stage's data, through the training collator (assistant
+    tokens only): the same batch for every folder, so two folders compare without batch-to-batch noise."""
+    from eagle_hub.training.collator import make_collator
+    from eagle_hub.training.data import load_data
+
+    processor = AutoProcessor.from_pretrained(folder)
+    model = AutoModelForImageTextToText.from_pretrained(folder).eval()
+    rows = load_data(stage.data.__dict__, recipe.data_dir).select(range(n))
+    batch = make_collator(processor)(list(rows))
+    with torch.no_grad():
+        return model(**batch).loss.item()
+
+
+def slope(values: list[float]) -> float:
+    """The least-squares slope of ``values`` against their step."""
+    n = len(values)
+    mean_x, mean_y = (n - 1) / 2, sum(values) / n
+    return sum((x - mean_x) * (y - mean_y) for x, y in enumerate(values)) / sum((x - mean_x) ** 2 for x in range(n))
+
+
+def test_loss_falls_in_stages_2_and_3(run, synthetic):
+    summaries, output = run["summaries"], run["output"]
     # Stage 1 trains against the tiny LLM frozen at its random init: six steps move its loss less than one batch
     # differs from the next, so its curve is only checked for shape; stage 1's training is checked on the weights
     # (test_stage1_trains_each_expert_and_leaves_the_llm_bit_for_bit).
     for losses in [summary["losses"] for summary in summaries["stage1-prealign"].values()]:
         assert len(losses) == 6 and all(math.isfinite(loss) for loss in losses)
-    for losses in (summaries["stage2-align"]["losses"], summaries["stage3-sft"]["losses"]):
-        assert len(losses) >= 6
-        assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2, losses
+    # Each stage lowers the loss on a fixed batch of its own data, against the folder it started from.
+    recipe = tiny_recipe(synthetic)
+    stage2, stage3 = recipe.stages[1], recipe.stages[2]
+    before, after = (
+        loss_on(output / "stage1-prealign", stage2, recipe),
+        loss_on(output / "stage2-align", stage2, recipe),
+    )
+    assert after < before * (1 - STAGE2_DROP), (before, after)
+    before, after = loss_on(output / "stage2-align", stage3, recipe), loss_on(output / "stage3-sft", stage3, recipe)
+    assert after < before * (1 - STAGE3_DROP), (before, after)
+    # And the logged curves trend down over the whole stage, not only between two points.
+    for name in ("stage2-align", "stage3-sft"):
+        losses = summaries[name]["losses"]
+        assert len(losses) == 8 and slope(losses) < 0, (name, losses)
     assert summaries["stage3-sft"]["tokens_per_second"] > 0
     table = summaries["stage2-align"]["trainable_parameters"]
     assert table["projector"] > 0 and table["llm"] == 0 and all(table[f"expert:{n}"] == 0 for n in EXPERTS)
@@ -370,3 +405,27 @@ def test_shipped_paper_recipe_has_the_papers_settings():
     for stage in recipe.stages:
         assert stage.schedule == "cosine" and stage.warmup_ratio == 0.03 and stage.weight_decay == 0.0
         assert stage.bf16 and stage.max_length == 2048
+
+
+def test_training_record_from_a_recipe(tmp_path):
+    recipe = load_recipe(ROOT / "training" / "recipes" / "tiny.yaml")
+    (tmp_path / "hf" / "captions").mkdir(parents=True)
+    recipe.data_root = str(tmp_path)
+    summaries = {"stage3-sft": {"losses": [3.0, 2.5]}}
+    info = training_record(recipe, summaries, upto="stage2-align")
+    assert [(s["name"], s["kind"]) for s in info["stages"]] == [
+        ("stage1-prealign", "prealign"),
+        ("stage2-align", "align"),
+    ]
+    full = training_record(recipe, summaries)
+    assert full["stages"][-1]["final_loss"] == 2.5 and full["stages"][-1]["train"] == ["experts", "projector", "llm"]
+    assert full["datasets"] == []  # local data is described in the table, not claimed as a Hub dataset
+    recipe.stages[1].data.path = "eagle-org/captions"  # not on disk: the loader reads it from the Hub
+    assert training_record(recipe)["datasets"] == ["eagle-org/captions"]
+
+
+def test_every_stage_kind_a_recipe_accepts_has_a_runner():
+    from eagle_hub.training.recipe import STAGE_KINDS
+    from eagle_hub.training.runner import STAGE_RUNNERS
+
+    assert set(STAGE_RUNNERS) == set(STAGE_KINDS)

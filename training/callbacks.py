@@ -1,64 +1,20 @@
-"""Trainer callbacks that do a stage's work around TRL's training loop.
+"""Trainer callbacks that watch a stage: they observe and check, the runner does the work.
 
-- ``StageSetupCallback``: sets what trains (before the optimizer is built) and keeps frozen experts in eval
-  mode without an autograd graph.
-- ``TrainableParametersCallback``: logs trainable / total parameters per module at the start of the stage.
-- ``FrozenWeightsCallback``: fingerprints every frozen tensor at the start and checks, bit for bit, that none
-  moved by the end.
-- ``StageSummaryCallback``: collects loss, tokens/s and timings for the stage summary.
-- ``SaveFolderCallback``: writes the trained model as a Hub-ready folder when training ends (a LoRA stage saves
-  its adapter beside it and the merged model in it).
+- ``TrainableParametersCallback``: trainable / total parameters per part of the model, logged at the start.
+- ``FrozenWeightsCallback``: fingerprints every frozen parameter and buffer at the start and checks, bit for bit,
+  that none moved by the end.
+- ``StageSummaryCallback``: loss, tokens/s and timings for the stage summary.
 """
 
-import json
+import logging
 import time
 
 import torch
 from transformers import TrainerCallback
-from transformers.utils import logging
 
-logger = logging.get_logger(__name__)
+from eagle_hub.modeling_eagle.parts import part_of
 
-
-def eagle_of(model):
-    """The EagleForConditionalGeneration inside a (possibly PEFT-wrapped) model."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def module_of(name: str) -> str:
-    """A readable module label for a parameter name: ``expert:clip``, ``projector``, ``llm`` or ``lora``."""
-    if "lora_" in name:
-        return "lora"
-    if "vision_tower.experts." in name:
-        return "expert:" + name.split("vision_tower.experts.")[1].split(".")[0]
-    if "multi_modal_projector" in name:
-        return "projector"
-    return "llm"
-
-
-class StageSetupCallback(TrainerCallback):
-    """Applies the stage's ``train`` list: experts (all or by name), ``projector``, ``llm``.
-
-    Under PEFT the adapter decides what of the LLM and projector trains; this callback then only sets experts.
-    """
-
-    def __init__(self, train: list[str]):
-        self.train = set(train)
-
-    def apply(self, model) -> None:
-        eagle = eagle_of(model)
-        peft = eagle is not model
-        tower = eagle.model.vision_tower
-        trainable_experts = set(tower.experts) if "experts" in self.train else self.train & set(tower.experts)
-        tower.freeze_experts(set(tower.experts) - trainable_experts)
-        if not peft:
-            eagle.model.multi_modal_projector.requires_grad_("projector" in self.train)
-            llm_trains = "llm" in self.train
-            eagle.model.language_model.requires_grad_(llm_trains)
-            eagle.lm_head.requires_grad_(llm_trains)
-
-    def on_init_end(self, args, state, control, model=None, **kwargs):
-        self.apply(model)
+logger = logging.getLogger(__name__)
 
 
 class TrainableParametersCallback(TrainerCallback):
@@ -68,14 +24,14 @@ class TrainableParametersCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         counts: dict[str, list[int]] = {}
         for name, parameter in model.named_parameters():
-            entry = counts.setdefault(module_of(name), [0, 0])
+            entry = counts.setdefault(part_of(name), [0, 0])
             entry[1] += parameter.numel()
             if parameter.requires_grad:
                 entry[0] += parameter.numel()
-        self.table = {module: tuple(entry) for module, entry in sorted(counts.items())}
+        self.table = {part: tuple(entry) for part, entry in sorted(counts.items())}
         if state.is_world_process_zero:
-            for module, (trainable, total) in self.table.items():
-                logger.info("  %-20s trainable %12s / %12s", module, f"{trainable:,}", f"{total:,}")
+            for part, (trainable, total) in self.table.items():
+                logger.info("  %-20s trainable %12s / %12s", part, f"{trainable:,}", f"{total:,}")
 
 
 def fingerprint(tensor: torch.Tensor, chunk: int = 1 << 24) -> tuple[int, int]:
@@ -91,18 +47,28 @@ def fingerprint(tensor: torch.Tensor, chunk: int = 1 << 24) -> tuple[int, int]:
     return total, weighted
 
 
+def frozen_tensors(model) -> dict[str, torch.Tensor]:
+    """Every tensor the stage must not change: parameters that do not train, and the buffers (running statistics,
+    rope and position tables) of every module none of whose own parameters trains."""
+    frozen = {f"parameter {n}": p for n, p in model.named_parameters() if not p.requires_grad}
+    for prefix, module in model.named_modules():
+        if not any(p.requires_grad for p in module.parameters(recurse=False)):
+            frozen.update({f"buffer {prefix}.{n}": b for n, b in module.named_buffers(recurse=False)})
+    return frozen
+
+
 class FrozenWeightsCallback(TrainerCallback):
-    """Checks at the end of the stage that no frozen tensor changed; raises if one did."""
+    """Checks at the end of the stage that no frozen parameter or buffer changed; raises if one did."""
 
     def __init__(self):
         self.before: dict[str, tuple[int, int]] = {}
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.before = {n: fingerprint(p) for n, p in model.named_parameters() if not p.requires_grad}
+        self.before = {name: fingerprint(tensor) for name, tensor in frozen_tensors(model).items()}
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        params = dict(model.named_parameters())
-        moved = [name for name, print_ in self.before.items() if fingerprint(params[name]) != print_]
+        after = frozen_tensors(model)
+        moved = [name for name, before in self.before.items() if fingerprint(after[name]) != before]
         if moved:
             raise RuntimeError(f"frozen weights moved during the stage: {moved[:10]} ({len(moved)} in all)")
         logger.info("frozen weights unchanged: %d tensors checked bit for bit", len(self.before))
@@ -134,48 +100,3 @@ class StageSummaryCallback(TrainerCallback):
             "tokens_per_second": self.tokens / self.seconds if self.seconds else None,
             "seconds": self.seconds,
         }
-
-
-def save_stage_folder(folder, processor, model, training: dict | None = None, subfolders=None) -> None:
-    """A stage's result as a Hub-ready folder: the model (cache back on), its ``training.json`` and model card."""
-    from eagle_hub.hub_cards.model_card import TRAINING_FILE, write_model_card
-    from eagle_hub.modeling_eagle.hub_folder import save_folder
-
-    model.config.use_cache = model.config.text_config.use_cache = True  # TRL turns it off to train
-    save_folder(
-        folder,
-        processor,
-        model=model,
-        overwrite=True,
-        subfolders=subfolders,
-        extra_files={TRAINING_FILE: json.dumps(training, indent=2)} if training else None,
-        card=lambda staging: write_model_card(staging, training=training),
-    )
-
-
-class SaveFolderCallback(TrainerCallback):
-    """At the end of training, writes the model as a Hub-ready folder with its model card (main process only).
-
-    Under PEFT the adapter (LoRA and the projector copy) goes to ``adapter_folder`` and the folder holds the merged
-    model. ``self.model`` is then the plain Eagle the next stage continues from, on every process.
-    ``training`` is the card's training record; the stage's final loss is filled in from ``summary``.
-    """
-
-    def __init__(self, folder, processor, *, training=None, summary=None, adapter_folder=None):
-        self.folder, self.processor, self.adapter_folder = folder, processor, adapter_folder
-        self.training, self.summary = training, summary
-        self.model = None
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        if hasattr(model, "merge_and_unload"):
-            if state.is_world_process_zero:
-                model.save_pretrained(self.adapter_folder)
-            model = model.merge_and_unload()
-        self.model = model = eagle_of(model)
-        model.config.use_cache = model.config.text_config.use_cache = True  # on every process: it trains on
-        if not state.is_world_process_zero:
-            return
-        training = json.loads(json.dumps(self.training)) if self.training else None
-        if training and self.summary is not None and self.summary.losses:
-            training["stages"][-1]["final_loss"] = self.summary.losses[-1]
-        save_stage_folder(self.folder, self.processor, model, training)

@@ -1,6 +1,6 @@
 """The data path's loss mask: assistant tokens only, never image tokens.
 
-TRL computes the loss through the base model and ``lm_head`` (HF-STACK.md §5.3), not through the model's
+TRL 1.16 computes the loss through the base model and ``lm_head``, not through the model's
 forward, so the mask must be in the labels the collator makes.
 """
 

@@ -1,18 +1,19 @@
 """Training data loaders: the authors' LLaVA JSON and Hugging Face datasets, both into TRL's vision-language format.
 
 TRL's ``SFTTrainer`` reads rows ``{"images": [PIL.Image, ...], "messages": [...]}`` whose user turns hold one
-``{"type": "image"}`` block per image, in order (HF-STACK.md §5.1). The authors' records look like
+``{"type": "image"}`` block per image, in order. The authors' records look like
 ``{"id", "image": "relative/path.png" (or a list), "conversations": [{"from": "human", "value": "<image>\\n..."},
-{"from": "gpt", "value": "..."}]}`` (EAGLE-X5.md §5); ``load_llava_json`` converts them, checking every record
+{"from": "gpt", "value": "..."}]}``; ``load_llava_json`` converts them, checking every record
 and naming the file, index and id of any that is broken. Images are read lazily (a ``datasets`` ``Image`` feature
 with ``mode="RGB"``), so a 558k-record caption set loads in seconds and decodes as RGB when the trainer reads it.
 """
 
 import json
-import os
 from pathlib import Path
 
 from transformers.utils import logging
+
+from eagle_hub.processing.locations import is_hub_id, resolve_path
 
 logger = logging.get_logger(__name__)
 
@@ -26,7 +27,10 @@ class DataFormatError(ValueError):
     """A record (or the file) that cannot be turned into a training row; the message names file, index and id."""
 
 
-def _features(with_type: bool):
+def features(*extra: str):
+    """The column schema of every dataset the package writes, in TRL's vision-language format: ``id``, ``images``
+    (decoded as RGB), ``messages`` (content blocks of type ``image``/``text``), plus ``extra`` string columns (the
+    question ``type`` and ``answer`` that evaluation reads)."""
     from datasets import Features, List, Value
     from datasets import Image as ImageFeature
 
@@ -36,8 +40,7 @@ def _features(with_type: bool):
         "images": List(ImageFeature(mode="RGB")),
         "messages": List({"role": Value("string"), "content": List(block)}),
     }
-    if with_type:
-        columns["type"] = Value("string")
+    columns.update({name: Value("string") for name in extra})
     return Features(columns)
 
 
@@ -136,7 +139,7 @@ def convert_llava_record(record, image_folder: Path) -> dict:
         )
     paths = []
     for image in images:
-        path = Path(image) if os.path.isabs(image) else image_folder / image
+        path = resolve_path(image, image_folder)
         if not path.is_file():
             raise FileNotFoundError(f"image {image!r} not found under {image_folder}")
         paths.append(str(path))
@@ -203,13 +206,9 @@ def load_llava_json(json_path, image_folder=None, skip_bad: bool = False, max_sa
     }
     if with_type:
         table["type"] = [row.get("type") for row in rows]
-    dataset = Dataset.from_dict(table, features=_features(with_type))
+    dataset = Dataset.from_dict(table, features=features(*(["type"] if with_type else [])))
     logger.info("Loaded %d records from %s (images under %s)", len(dataset), json_path, image_folder)
     return dataset, skipped
-
-
-def _is_hub_id(path: str) -> bool:
-    return path.count("/") == 1 and not path.startswith((".", "/", "~")) and not Path(path).suffix
 
 
 def _validate_columns(dataset, where: str):
@@ -239,10 +238,9 @@ def _rgb_images(dataset, root: Path | None):
             dataset = dataset.cast_column("images", List(ImageFeature(mode="RGB")))
         return dataset
     if isinstance(inner, Value) and inner.dtype in ("string", "large_string"):
-        base = root if root is not None else Path.cwd()
 
         def absolute(batch):
-            resolved = [[p if os.path.isabs(p) else str(base / p) for p in paths or []] for paths in batch["images"]]
+            resolved = [[str(resolve_path(p, root)) for p in paths or []] for paths in batch["images"]]
             return {"images": resolved}
 
         dataset = dataset.map(absolute, batched=True, desc="Resolving image paths")
@@ -272,7 +270,7 @@ def load_hf_dataset(path, split: str | None = None):
         dataset, root = load_dataset(builder, data_files=str(local), split=split or "train"), local.parent
     elif local.is_dir():
         dataset, root = load_dataset(str(local), split=split), local
-    elif _is_hub_id(text):
+    elif is_hub_id(text):
         try:
             dataset = load_dataset(text, split=split)
         except Exception as error:  # offline without a cache, unknown repo, ...
@@ -323,11 +321,9 @@ def load_data(spec: dict, base_dir=None):
     max_samples = spec.get("max_samples")
     if max_samples is not None and (type(max_samples) is not int or max_samples < 1):
         raise DataFormatError(f"max_samples must be a positive integer, got {max_samples!r}")
-    base = Path(base_dir) if base_dir is not None else Path.cwd()
 
     def resolve(value):
-        value = Path(value).expanduser()
-        return value if value.is_absolute() else base / value
+        return resolve_path(value, base_dir)
 
     if kind == "llava":
         if spec.get("split") is not None:
@@ -343,7 +339,7 @@ def load_data(spec: dict, base_dir=None):
 
     path = resolve(spec["path"])
     if not path.exists():
-        if not _is_hub_id(str(spec["path"])):
+        if not is_hub_id(str(spec["path"])):
             raise FileNotFoundError(f"dataset {path} not found")
         try:
             return _first(load_hf_dataset(spec["path"], split=spec.get("split")), max_samples)

@@ -7,6 +7,8 @@ model: {preset: eagle-x5-tiny}          # or {path: ./a-folder}; optional dtype:
                                         # preset: chat_template, tokenizer_corpus, overrides, zero_query_init
 seed: 0
 data_root: ./data                       # optional; relative data paths start here (default: the recipe's folder)
+eval: {format: hf, path: hf/sft_heldout}  # optional held-out split (same rules as a stage's data); `eagle train`
+                                        # ignores it, `eagle search-experts` scores each trial on it
 stages:
   - name: stage1-prealign               # the stage's folder under the output directory
     kind: prealign                      # prealign (each expert alone, own projector) | align | sft
@@ -34,6 +36,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
+
+from eagle_hub.processing.locations import resolve_path
 
 STAGE_KINDS = ("prealign", "align", "sft")
 LR_GROUPS = ("vision", "projector", "llm")
@@ -83,6 +87,12 @@ class Stage:
     shuffle: bool = True
     lora: LoraSpec | None = None
 
+    @property
+    def lora_settings(self) -> LoraSpec | None:
+        """The LoRA settings the stage trains with: its ``lora`` entry, or the defaults when ``train`` names
+        ``lora`` without one; None for a stage without LoRA."""
+        return self.lora if self.lora is not None else (LoraSpec() if "lora" in self.train else None)
+
 
 @dataclass
 class Recipe:
@@ -90,16 +100,17 @@ class Recipe:
     stages: list[Stage]
     seed: int = 0
     data_root: str | None = None
+    eval: DataSpec | None = None
     base_dir: Path = field(default_factory=Path.cwd)
 
     @property
     def data_dir(self) -> Path:
         """Where relative data paths start: ``data_root`` (relative to the recipe file) or the recipe's folder."""
-        return self.base_dir / self.data_root if self.data_root else self.base_dir
+        return resolve_path(self.data_root, self.base_dir) if self.data_root else self.base_dir
 
     def resolve(self, path: str, base: Path | None = None) -> Path:
-        candidate = Path(path).expanduser()
-        return candidate if candidate.is_absolute() else ((base or self.base_dir) / candidate)
+        """A path of the recipe: relative to ``base`` (default: the recipe file's folder)."""
+        return resolve_path(path, base if base is not None else self.base_dir)
 
 
 def _fail(where: str, message: str):
@@ -191,8 +202,6 @@ def check_trainable_names(recipe: Recipe, expert_names: list[str]) -> None:
         unknown = [name for name in stage.train if name not in allowed]
         if unknown:
             _fail(f"stages[{index}].train", f"unknown module(s) {unknown}; use {sorted(allowed)}")
-        if "lora" in stage.train and stage.lora is None:
-            stage.lora = LoraSpec()
 
 
 def parse_recipe(raw, base_dir: Path) -> Recipe:
@@ -214,7 +223,8 @@ def parse_recipe(raw, base_dir: Path) -> Recipe:
     data_root = raw.get("data_root")
     if data_root is not None and not isinstance(data_root, str):
         _fail("data_root", f"expected a folder path, got {data_root!r}")
-    return Recipe(model=model, stages=stages, seed=seed, data_root=data_root, base_dir=base_dir)
+    held_out = None if raw.get("eval") is None else _parse_data(raw["eval"], "eval")
+    return Recipe(model=model, stages=stages, seed=seed, data_root=data_root, eval=held_out, base_dir=base_dir)
 
 
 def load_recipe(path) -> Recipe:

@@ -14,6 +14,8 @@ stage from its last complete checkpoint in ``<output>/checkpoints/<stage name>``
 
 import copy
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,20 +24,15 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.utils import logging
 from trl import SFTConfig
 
-from eagle_hub.hub_cards.model_card import training_info_from_recipe
-from eagle_hub.modeling_eagle.hub_folder import build_processor
+from eagle_hub.hub_cards.model_card import TRAINING_FILE, write_model_card
+from eagle_hub.modeling_eagle.hub_folder import build_processor, save_folder
 from eagle_hub.modeling_eagle.modeling_eagle import EagleForConditionalGeneration, EagleMultiModalProjector
+from eagle_hub.processing.locations import is_hub_id
 
-from .callbacks import (
-    FrozenWeightsCallback,
-    SaveFolderCallback,
-    StageSetupCallback,
-    StageSummaryCallback,
-    TrainableParametersCallback,
-    save_stage_folder,
-)
+from .callbacks import FrozenWeightsCallback, StageSummaryCallback, TrainableParametersCallback
 from .collator import make_collator
 from .recipe import Recipe, Stage, check_trainable_names, load_recipe
+from .trainable import eagle_of, set_trainable
 from .trainer import EagleSFTTrainer
 
 logger = logging.get_logger(__name__)
@@ -66,8 +63,8 @@ def build_start(recipe: Recipe):
     model = EagleForConditionalGeneration(config)
     if spec.get("zero_query_init"):
         # An LLM trained from scratch: with zero queries every head starts as a uniform average over the context,
-        # so the experts' first gradients are pooled rather than scattered by random attention (quickstart data and
-        # learning rates, 1400 steps, one seed: held-out shape 30% vs 18%, position 100% vs 87%).
+        # so the experts' first gradients are pooled rather than scattered by random attention (docs/quickstart.md
+        # has what it gained).
         for layer in model.model.language_model.layers:
             torch.nn.init.zeros_(layer.self_attn.q_proj.weight)
     template = {"chat_template": spec["chat_template"]} if "chat_template" in spec else {}
@@ -82,7 +79,9 @@ def stage_arguments(stage: Stage, output_dir: Path, seed: int) -> SFTConfig:
         gradient_accumulation_steps=stage.grad_accum,
         learning_rate=max(stage.lr.values()) if stage.lr else 1e-4,
         lr_scheduler_type=stage.schedule,
-        warmup_steps=stage.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        # transformers 5 has one warm-up setting, warmup_steps, and reads a value below 1 as a fraction of the total
+        # steps: the recipe's warmup_ratio, which the recipe checks is below 1.
+        warmup_steps=stage.warmup_ratio,
         weight_decay=stage.weight_decay,
         num_train_epochs=stage.epochs if stage.epochs is not None else 1,
         max_steps=stage.max_steps if stage.max_steps is not None else -1,
@@ -125,59 +124,110 @@ def last_checkpoint(folder: Path) -> str | None:
 
 
 def build_trainer(
-    model, processor, stage: Stage, dataset, checkpoints: Path, seed: int, save: SaveFolderCallback | None = None
+    model, processor, stage: Stage, dataset, checkpoints: Path, seed: int, callbacks=()
 ) -> EagleSFTTrainer:
-    """The stage's SFTTrainer: per-group learning rates, the stage callbacks (``save`` writes the result), LoRA
-    when the stage asks for it."""
-    peft_config = None
-    if stage.lora is not None:
+    """The stage's SFTTrainer: per-group learning rates, LoRA when the stage asks for it, what trains set."""
+    peft_config, lora = None, stage.lora_settings
+    if lora is not None:
         from peft import LoraConfig
 
         peft_config = LoraConfig(
-            r=stage.lora.r,
-            lora_alpha=stage.lora.alpha,
-            lora_dropout=stage.lora.dropout,
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
             task_type="CAUSAL_LM",
             target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
             modules_to_save=["multi_modal_projector"] if "projector" in stage.train else None,
         )
-    summary = StageSummaryCallback()
-    if save is not None:
-        save.summary = summary
-    return EagleSFTTrainer(
+    trainer = EagleSFTTrainer(
         model=model,
         args=stage_arguments(stage, checkpoints, seed),
         train_dataset=dataset,
         processing_class=processor,
         data_collator=make_collator(processor, stage.max_length),
-        callbacks=[
-            StageSetupCallback(stage.train),
-            TrainableParametersCallback(),
-            FrozenWeightsCallback(),
-            summary,
-            *([save] if save is not None else []),
-        ],
+        callbacks=list(callbacks),
         peft_config=peft_config,
         group_lr=stage.lr,
     )
+    # After construction: PEFT wraps the model inside it (freezing everything but the adapter); the optimizer is
+    # built from what trains when training starts.
+    set_trainable(trainer.model, stage.train)
+    return trainer
 
 
 def train_stage(
-    model, processor, stage: Stage, dataset, checkpoints: Path, recipe: Recipe, resume: bool, save=None
-) -> dict:
-    """Train ``model`` for one stage; returns its summary (and the trainer, under ``"trainer"``)."""
-    trainer = build_trainer(model, processor, stage, dataset, checkpoints, recipe.seed, save)
+    model, processor, stage: Stage, dataset, checkpoints: Path, recipe: Recipe, resume: bool, adapter_folder=None
+) -> tuple[EagleForConditionalGeneration, dict]:
+    """Train ``model`` for one stage; returns the trained Eagle (a LoRA stage's adapter merged in, and saved to
+    ``adapter_folder`` first) and the stage's summary."""
+    summary, parameters = StageSummaryCallback(), TrainableParametersCallback()
+    callbacks = [parameters, FrozenWeightsCallback(), summary]
+    trainer = build_trainer(model, processor, stage, dataset, checkpoints, recipe.seed, callbacks)
     trainer.train(resume_from_checkpoint=last_checkpoint(checkpoints) if resume else None)
+    trained = trainer.model
+    if hasattr(trained, "merge_and_unload"):
+        if is_main_process() and adapter_folder is not None:
+            trained.save_pretrained(adapter_folder)
+        trained = trained.merge_and_unload()
     trainer.accelerator.wait_for_everyone()
-    summary = trainer.callback_handler.callbacks
-    stage_summary = next(c for c in summary if isinstance(c, StageSummaryCallback)).summary()
-    table = next(c for c in summary if isinstance(c, TrainableParametersCallback)).table
-    return {
-        **stage_summary,
-        "trainable_parameters": {module: counts[0] for module, counts in table.items()},
+    trained = eagle_of(trained)
+    trained.config.use_cache = trained.config.text_config.use_cache = True  # TRL turns it off to train
+    result = {
+        **summary.summary(),
+        "trainable_parameters": {part: counts[0] for part, counts in parameters.table.items()},
         "steps": trainer.state.global_step,
-        "trainer": trainer,
     }
+    return trained, result
+
+
+def save_stage_folder(folder, processor, model, training: dict | None = None, subfolders=None) -> None:
+    """A stage's result as a Hub-ready folder (main process only): the model, its ``training.json`` and card."""
+    if not is_main_process():
+        return
+    save_folder(
+        folder,
+        processor,
+        model=model,
+        overwrite=True,
+        subfolders=subfolders,
+        extra_files={TRAINING_FILE: json.dumps(training, indent=2)} if training else None,
+        card=lambda staging: write_model_card(staging, training=training),
+    )
+
+
+def training_record(recipe: Recipe, summaries: dict | None = None, upto: str | None = None) -> dict:
+    """The ``training.json`` record (what the model card shows) of a run: the recipe's stages up to and including
+    ``upto``, with each trained stage's final loss from the runner's ``summaries``. ``hf`` data that is not a local
+    path is a Hub dataset id (as the loader reads it) and goes to the card's metadata."""
+    summaries = summaries or {}
+    stages, datasets = [], []
+    for stage in recipe.stages:
+        data = stage.data
+        local = recipe.resolve(data.path, recipe.data_dir).exists()
+        hub_data = [data.path] if data.format == "hf" and is_hub_id(data.path) and not local else []
+        datasets += [d for d in hub_data if d not in datasets]
+        entry = {
+            "name": stage.name,
+            "kind": stage.kind,
+            "train": list(stage.train),
+            "data": f"{data.path} ({data.format})",
+            "datasets": hub_data,
+            "max_steps": stage.max_steps,
+            "epochs": stage.epochs,
+            "batch_size": stage.batch_size * stage.grad_accum,
+            "lr": dict(stage.lr),
+            "lora": None if stage.lora_settings is None else dict(vars(stage.lora_settings)),
+        }
+        losses = (summaries.get(stage.name) or {}).get("losses")
+        if losses:
+            entry["final_loss"] = float(losses[-1])
+        stages.append(entry)
+        if stage.name == upto:
+            break
+    record = {"stages": stages, "datasets": datasets}
+    if is_hub_id(recipe.model.get("path")):
+        record["base_model"] = [recipe.model["path"]]
+    return record
 
 
 def single_expert_model(model: EagleForConditionalGeneration, name: str, seed: int) -> EagleForConditionalGeneration:
@@ -203,17 +253,41 @@ def is_main_process() -> bool:
     return PartialState().is_main_process
 
 
-def run_prealign(model, processor, stage, dataset_for, output: Path, recipe: Recipe, resume: bool) -> dict:
-    summaries = {}
+@dataclass
+class Run:
+    """A recipe run in progress: what every stage kind reads, and the model it trains in turn."""
+
+    recipe: Recipe
+    output: Path
+    resume: bool
+    dataset: Callable
+    model: EagleForConditionalGeneration
+    processor: object
+
+
+def train_listed(run: Run, stage: Stage) -> tuple[EagleForConditionalGeneration, dict, dict | None]:
+    """``align`` and ``sft``: the full model, training what the stage's ``train`` list names."""
+    checkpoints = run.output / "checkpoints" / stage.name
+    adapter = run.output / f"{stage.name}-adapter"
+    model, summary = train_stage(
+        run.model, run.processor, stage, run.dataset(stage), checkpoints, run.recipe, run.resume, adapter
+    )
+    return model, summary, None
+
+
+def prealign(run: Run, stage: Stage) -> tuple[EagleForConditionalGeneration, dict, dict | None]:
+    """Each expert alone with its own fresh projector against the frozen LLM; the pre-aligned experts go into the
+    stage folder's ``experts/``, and the fused projector starts fresh for the next stage."""
+    model, recipe, summaries = run.model, run.recipe, {}
     # Each pre-aligned expert is saved as soon as it is done (resume skips it); the stage folder copies them in.
-    experts_dir = output / "checkpoints" / stage.name / "experts"
+    experts_dir = run.output / "checkpoints" / stage.name / "experts"
     for index, name in enumerate(model.model.vision_tower.experts):
         expert_dir = experts_dir / name
         # New weights come from fixed seeds, so a resumed run draws exactly what an uninterrupted one drew.
         single = single_expert_model(model, name, seed=recipe.seed + 1 + index)
-        single_processor = build_processor(single.config, copy.deepcopy(processor.tokenizer))
-        single_processor.chat_template = processor.chat_template
-        if resume and (expert_dir / "config.json").is_file():
+        single_processor = build_processor(single.config, copy.deepcopy(run.processor.tokenizer))
+        single_processor.chat_template = run.processor.chat_template
+        if run.resume and (expert_dir / "config.json").is_file():
             done = AutoModelForImageTextToText.from_pretrained(expert_dir, dtype=model.dtype)
             model.model.vision_tower.experts[name].load_state_dict(done.model.vision_tower.experts[name].state_dict())
             logger.info("stage %s: expert %s already pre-aligned, loaded", stage.name, name)
@@ -221,20 +295,24 @@ def run_prealign(model, processor, stage, dataset_for, output: Path, recipe: Rec
         logger.info("stage %s: pre-aligning expert %s", stage.name, name)
         expert_stage = copy.copy(stage)
         expert_stage.train = [name, "projector"]
-        save = SaveFolderCallback(expert_dir, single_processor)
-        result = train_stage(
-            single, single_processor, expert_stage, dataset_for(stage), experts_dir.parent / name, recipe, resume, save
+        checkpoints = experts_dir.parent / name
+        single, summaries[name] = train_stage(
+            single, single_processor, expert_stage, run.dataset(stage), checkpoints, recipe, run.resume
         )
-        result.pop("trainer")
-        summaries[name] = result
-    # The fused projector of the next stage starts fresh (EAGLE-X5.md §5).
+        save_stage_folder(expert_dir, single_processor, single)
+    # The fused projector of the next stage starts fresh, as in the paper's recipe: the per-expert projectors of
+    # pre-alignment are discarded.
     fused = model.model.multi_modal_projector
     with torch.random.fork_rng():
         torch.manual_seed(recipe.seed)
         for layer in (fused.linear_1, getattr(fused, "linear_2", None)):
             if layer is not None:
                 layer.reset_parameters()
-    return summaries
+    return model, summaries, {"experts": experts_dir}
+
+
+# What each stage kind of a recipe runs (recipe.STAGE_KINDS names them); a new kind is a function here.
+STAGE_RUNNERS = {"prealign": prealign, "align": train_listed, "sft": train_listed}
 
 
 def format_summary(summaries: dict) -> str:
@@ -279,31 +357,19 @@ def run_recipe(recipe, output_dir, resume: bool = False, dataset_loader=None) ->
 
     model, processor = build_start(recipe)
     check_trainable_names(recipe, list(model.model.vision_tower.experts))
+    run = Run(recipe, output, resume, dataset_for, model, processor)
     summaries = {}
     for stage in recipe.stages:
         stage_dir = output / stage.name
         if resume and (stage_dir / "config.json").is_file():
             logger.info("stage %s is complete; loading %s", stage.name, stage_dir)
-            model = AutoModelForImageTextToText.from_pretrained(stage_dir, dtype=model.dtype)
-            processor = AutoProcessor.from_pretrained(stage_dir)
+            run.model = AutoModelForImageTextToText.from_pretrained(stage_dir, dtype=run.model.dtype)
+            run.processor = AutoProcessor.from_pretrained(stage_dir)
             continue
         logger.info("stage %s (%s): training %s", stage.name, stage.kind, ", ".join(stage.train))
-        training = training_info_from_recipe(recipe, summaries, upto=stage.name)
-        if stage.kind == "prealign":
-            summaries[stage.name] = run_prealign(model, processor, stage, dataset_for, output, recipe, resume)
-            # Several trainers made this stage, so its folder (with each pre-aligned expert) is written here.
-            if is_main_process():
-                experts = {"experts": output / "checkpoints" / stage.name / "experts"}
-                save_stage_folder(stage_dir, processor, model, training, subfolders=experts)
-        else:
-            adapter = stage_dir.with_name(stage.name + "-adapter")
-            save = SaveFolderCallback(stage_dir, processor, training=training, adapter_folder=adapter)
-            result = train_stage(
-                model, processor, stage, dataset_for(stage), output / "checkpoints" / stage.name, recipe, resume, save
-            )
-            result.pop("trainer")
-            model = save.model
-            summaries[stage.name] = result
+        run.model, summaries[stage.name], subfolders = STAGE_RUNNERS[stage.kind](run, stage)
+        training = training_record(recipe, summaries, upto=stage.name)
+        save_stage_folder(stage_dir, run.processor, run.model, training, subfolders=subfolders)
         if is_main_process():
             (output / "summary.json").write_text(json.dumps(summaries, indent=2, default=str))
     return summaries

@@ -37,6 +37,7 @@ Everything is deterministic given the seed: the same arguments give byte-identic
 
 import io
 import json
+import logging
 import math
 import random
 import re
@@ -45,9 +46,8 @@ from collections import Counter
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
-from transformers.utils import logging
 
-logger = logging.get_logger(__name__)
+logger = logging.getLogger(__name__)
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -262,22 +262,6 @@ def _hf_row(record_id: str, png: bytes, image: str, turns: list[tuple[str, str]]
     }
 
 
-def _hf_features():
-    from datasets import Features, List, Value
-    from datasets import Image as ImageFeature
-
-    block = {"type": Value("string"), "text": Value("string")}
-    return Features(
-        {
-            "id": Value("string"),
-            "images": List(ImageFeature(mode="RGB")),
-            "messages": List({"role": Value("string"), "content": List(block)}),
-            "type": Value("string"),
-            "answer": Value("string"),
-        }
-    )
-
-
 _OUTPUTS = ("images", "hf", "sft.json", "captions.json", "sft_heldout.json", "metadata.json", "manifest.json")
 
 
@@ -316,6 +300,59 @@ def generate(
     Returns:
         The manifest (also written to ``manifest.json``): records, images and per-type counts per split.
     """
+    _check_arguments(n, image_size, held_out, questions_per_image, focus_types, scene)
+    output_dir = Path(output_dir)
+    _clear_earlier_outputs(output_dir, overwrite)
+    (output_dir / "images").mkdir(parents=True, exist_ok=True)
+
+    n_held_out = round(n * held_out)
+    if held_out > 0 and n_held_out == 0 and n > 1:
+        n_held_out = 1
+    splits = _Splits(["sft", "captions", "sft_heldout", *(f"sft_{kind}" for kind in focus_types)])
+    rng = random.Random(seed)
+    type_counts = {"train": Counter(), "held_out": Counter()}
+    metadata = []
+    for index in range(n):
+        split = "train" if index < n - n_held_out else "held_out"
+        image, meta = draw_image(rng, image_size, scene)
+        name = f"images/{index:05d}.png"
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        png = buffer.getvalue()
+        (output_dir / name).write_bytes(png)
+        questions = _questions(meta, pick=rng.randrange(6), scene=scene)
+        metadata.append({"image": name, "split": split, **meta})
+
+        stem = f"{index:05d}"
+        if split == "train":
+            splits.add("captions", f"cap-{stem}", name, png, [("", _caption(meta["shapes"], meta["text"]))], "caption")
+        conversation = conversations and split == "train"
+        kinds = _pick_types(rng, questions, type_counts[split], questions_per_image, conversation)
+        rng.shuffle(kinds)
+        target = "sft" if split == "train" else "sft_heldout"
+        groups = [(target, kinds)] if conversation else [(target, [kind]) for kind in kinds]
+        if split == "train":
+            groups += [(f"sft_{kind}", [kind]) for kind in focus_types if kind in questions]
+        for where, group in groups:
+            kind = "+".join(group)
+            splits.add(where, f"{kind}-{stem}", name, png, [questions[k] for k in group], kind)
+
+    splits.write(output_dir)
+    _write_json(output_dir / "metadata.json", metadata)
+    settings = {"seed": seed, "image_size": image_size, "n_images": n, "questions_per_image": questions_per_image}
+    settings.update(conversations=conversations, focus_types=list(focus_types), scene=scene)
+    manifest = {**settings, "splits": splits.summary()}
+    _write_json(output_dir / "manifest.json", manifest)
+    logger.info(
+        "Wrote %d images to %s: %s",
+        n,
+        output_dir,
+        ", ".join(f"{k} {v['records']} records" for k, v in manifest["splits"].items()),
+    )
+    return manifest
+
+
+def _check_arguments(n, image_size, held_out, questions_per_image, focus_types, scene) -> None:
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     if image_size < 48:
@@ -329,77 +366,43 @@ def generate(
     unknown = [kind for kind in focus_types if kind not in QUESTION_TYPES]
     if unknown:
         raise ValueError(f"focus_types {unknown} are not question types; choose from {list(QUESTION_TYPES)}")
-    output_dir = Path(output_dir)
+
+
+def _clear_earlier_outputs(output_dir: Path, overwrite: bool) -> None:
     existing = [name for name in _OUTPUTS if (output_dir / name).exists()]
     existing += sorted(path.name for path in output_dir.glob("sft_*.json") if path.name not in _OUTPUTS)
-    if existing:
-        if not overwrite:
-            raise FileExistsError(f"{output_dir} already holds {existing}; pass overwrite=True (--force) to replace")
-        for name in existing:
-            path = output_dir / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-    (output_dir / "images").mkdir(parents=True, exist_ok=True)
+    if existing and not overwrite:
+        raise FileExistsError(f"{output_dir} already holds {existing}; pass overwrite=True (--force) to replace")
+    for name in existing:
+        path = output_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
 
-    n_held_out = round(n * held_out)
-    if held_out > 0 and n_held_out == 0 and n > 1:
-        n_held_out = 1
-    n_train = n - n_held_out
 
-    rng = random.Random(seed)
-    type_counts = {"train": Counter(), "held_out": Counter()}
-    splits = ["sft", "captions", "sft_heldout", *(f"sft_{kind}" for kind in focus_types)]
-    llava = {split: [] for split in splits}
-    hf_rows = {split: [] for split in splits}
-    metadata = []
-    for index in range(n):
-        split = "train" if index < n_train else "held_out"
-        image, meta = draw_image(rng, image_size, scene)
-        name = f"images/{index:05d}.png"
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        png = buffer.getvalue()
-        (output_dir / name).write_bytes(png)
+class _Splits:
+    """The records of every split, kept in both formats: the authors' LLaVA JSON and a Hugging Face dataset."""
 
-        questions = _questions(meta, pick=rng.randrange(6), scene=scene)
-        metadata.append({"image": name, "split": split, **meta})
+    def __init__(self, names: list[str]):
+        self.llava = {name: [] for name in names}
+        self.hf_rows = {name: [] for name in names}
 
-        stem = f"{index:05d}"
-        if split == "train":
-            caption = _caption(meta["shapes"], meta["text"])
-            llava["captions"].append(_llava_record(f"cap-{stem}", name, [("", caption)], type="caption"))
-            hf_rows["captions"].append(_hf_row(f"cap-{stem}", png, name, [("", caption)], "caption"))
-        target = "sft" if split == "train" else "sft_heldout"
-        conversation = conversations and split == "train"
-        kinds = _pick_types(rng, questions, type_counts[split], questions_per_image, conversation)
-        rng.shuffle(kinds)
-        groups = [(target, kinds)] if conversation else [(target, [kind]) for kind in kinds]
-        if split == "train":
-            groups += [(f"sft_{kind}", [kind]) for kind in focus_types if kind in questions]
-        for where, group in groups:
-            kind = "+".join(group)
-            turns = [questions[k] for k in group]
-            llava[where].append(_llava_record(f"{kind}-{stem}", name, turns, type=kind))
-            hf_rows[where].append(_hf_row(f"{kind}-{stem}", png, name, turns, kind))
+    def add(self, split: str, record_id: str, image: str, png: bytes, turns: list[tuple[str, str]], kind: str):
+        self.llava[split].append(_llava_record(record_id, image, turns, type=kind))
+        self.hf_rows[split].append(_hf_row(record_id, png, image, turns, kind))
 
-    for split, records in llava.items():
-        _write_json(output_dir / f"{split}.json", records)
-    _write_json(output_dir / "metadata.json", metadata)
+    def write(self, output_dir: Path) -> None:
+        from datasets import Dataset
 
-    from datasets import Dataset
+        # Imported here: the loaders pull in transformers, and the CLI reads this module's constants without it.
+        from .data import features
 
-    features = _hf_features()
-    for split, rows in hf_rows.items():
-        Dataset.from_list(rows, features=features).save_to_disk(str(output_dir / "hf" / split))
+        for split, records in self.llava.items():
+            _write_json(output_dir / f"{split}.json", records)
+        schema = features("type", "answer")
+        for split, rows in self.hf_rows.items():
+            Dataset.from_list(rows, features=schema).save_to_disk(str(output_dir / "hf" / split))
 
-    manifest = {
-        "seed": seed,
-        "image_size": image_size,
-        "n_images": n,
-        "questions_per_image": questions_per_image,
-        "conversations": conversations,
-        "focus_types": list(focus_types),
-        "scene": scene,
-        "splits": {
+    def summary(self) -> dict:
+        return {
             split: {
                 "records": len(records),
                 "images": len({r["image"] for r in records}),
@@ -407,17 +410,8 @@ def generate(
                 "llava": f"{split}.json",
                 "hf": f"hf/{split}",
             }
-            for split, records in llava.items()
-        },
-    }
-    _write_json(output_dir / "manifest.json", manifest)
-    logger.info(
-        "Wrote %d images to %s: %s",
-        n,
-        output_dir,
-        ", ".join(f"{k} {v['records']} records" for k, v in manifest["splits"].items()),
-    )
-    return manifest
+            for split, records in self.llava.items()
+        }
 
 
 def _write_json(path: Path, data) -> None:

@@ -3,15 +3,7 @@
 import torch
 from trl import SFTTrainer
 
-GROUP_OF = (("vision_tower.", "vision"), ("multi_modal_projector", "projector"))
-
-
-def parameter_group(name: str) -> str:
-    """``vision``, ``projector`` or ``llm`` for a parameter name (PEFT prefixes are tolerated)."""
-    for marker, group in GROUP_OF:
-        if marker in name:
-            return group
-    return "llm"
+from eagle_hub.modeling_eagle.parts import learning_rate_group
 
 
 class EagleSFTTrainer(SFTTrainer):
@@ -33,7 +25,7 @@ class EagleSFTTrainer(SFTTrainer):
         buckets: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
         for name, parameter in model.named_parameters():
             if parameter.requires_grad:
-                buckets.setdefault((parameter_group(name), name in decay), []).append(parameter)
+                buckets.setdefault((learning_rate_group(name), name in decay), []).append(parameter)
         groups = []
         for (group, decays), parameters in sorted(buckets.items()):
             lr = self.group_lr.get(group, self.args.learning_rate)

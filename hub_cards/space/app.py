@@ -108,11 +108,13 @@ class EagleDemo:
         except Exception as error:  # shown on the page instead of crashing the app
             self.error = f"{type(error).__name__}: {error}"
 
-    def inputs(self, image: Image.Image, question: str):
+    def inputs(self, image_path: str, question: str):
+        """The model inputs for an uploaded file, opened by the processor's own loader (size cap, EXIF, modes)."""
         question = (question or "").strip() or DEFAULT_QUESTION
+        image = self.processor.image_processor.load_image(image_path, where="the uploaded image")
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
         prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True)
-        inputs = self.processor(images=[image.convert("RGB")], text=[prompt], return_tensors="pt")
+        inputs = self.processor(images=[image], text=[prompt], return_tensors="pt")
         return inputs.to(self.model.device)
 
     def answer(self, image, question, max_new_tokens=None):
@@ -125,9 +127,14 @@ class EagleDemo:
         if image is None:
             yield "Upload an image first."
             return
+        try:
+            inputs = self.inputs(image, question)
+        except ValueError as error:  # an unreadable, corrupt or oversized image: say so on the page
+            yield f"That image cannot be used: {error}"
+            return
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
         kwargs = dict(
-            **self.inputs(image, question),
+            **inputs,
             streamer=streamer,
             max_new_tokens=int(max_new_tokens or self.max_new_tokens),
             do_sample=False,
@@ -169,7 +176,7 @@ def build_demo(demo: EagleDemo, examples: list[str] | None = None):
             return blocks
         with gr.Row():
             with gr.Column():
-                image = gr.Image(type="pil", label="Image", sources=["upload", "clipboard"], elem_id="image")
+                image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], elem_id="image")
                 question = gr.Textbox(label="Question", placeholder=DEFAULT_QUESTION, lines=2, elem_id="question")
                 max_new_tokens = gr.Slider(1, 1024, value=demo.max_new_tokens, step=1, label="Max new tokens")
                 submit = gr.Button("Ask", variant="primary", elem_id="submit")

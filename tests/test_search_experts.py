@@ -1,0 +1,221 @@
+"""`eagle search-experts`: the recipe's eval entry, a two-candidate one-round search at a tiny budget (trials as
+processes, the JSON, the table, the plot), and resuming without retraining finished trials."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from eagle_hub.cli import main
+from eagle_hub.training.quickstart import Budget, quickstart_recipe
+from eagle_hub.training.recipe import RecipeError, load_recipe, parse_recipe
+from eagle_hub.training.search_experts import format_table, held_out_rows, quickstart_search, search_experts
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "training" / "recipes" / "tiny.yaml"
+BUDGET = Budget(n_images=48, prealign_steps=1, align_steps=1, word_steps=0, sft_steps=2)
+BUDGET_FLAGS = ["--n-images", "48", "--prealign-steps", "1", "--align-steps", "1", "--word-steps", "0"]
+BUDGET_FLAGS += ["--sft-steps", "2"]
+SEARCH = {"candidates": "clip,dinov2,sam", "start": "clip", "rounds": 1, "jobs": 2}
+
+
+# ------------------------------------------------------------------------------------------------ the recipe
+
+
+def test_a_recipe_names_its_held_out_split_and_the_quickstart_writes_one(tmp_path):
+    raw = yaml.safe_load(TINY.read_text())
+    recipe = parse_recipe({**raw, "data_root": "data", "eval": {"format": "hf", "path": "hf/sft_heldout"}}, tmp_path)
+    assert recipe.eval.format == "hf" and recipe.eval.path == "hf/sft_heldout"
+    assert recipe.resolve(recipe.eval.path, recipe.data_dir) == tmp_path / "data" / "hf" / "sft_heldout"
+    assert load_recipe(TINY).eval.path == "sft_heldout.json"  # the shipped tiny recipe is searchable
+    assert parse_recipe({key: value for key, value in raw.items() if key != "eval"}, tmp_path).eval is None
+    with pytest.raises(RecipeError, match=r"eval.format: expected one of llava, hf, got 'csv'"):
+        parse_recipe({**raw, "eval": {"format": "csv", "path": "x"}}, tmp_path)
+    with pytest.raises(RecipeError, match=r"eval: unknown field\(s\) \['shuffle'\]"):
+        parse_recipe({**raw, "eval": {"format": "hf", "path": "x", "shuffle": True}}, tmp_path)
+    written = quickstart_recipe("data", 0, Budget())
+    assert written["eval"] == {"format": "hf", "path": "hf/sft_heldout"}
+
+
+def test_held_out_rows_take_the_answer_from_the_first_assistant_turn_when_the_data_has_no_answer(tmp_path):
+    from eagle_hub.training.data import load_data
+    from eagle_hub.training.synth import generate
+
+    generate(tmp_path, n=20, seed=0, questions_per_image=2)
+    recipe = load_recipe(TINY)
+    recipe.data_root = str(tmp_path)
+    dataset = load_data(vars(recipe.eval), recipe.data_dir)  # llava JSON: a type column, no answer column
+    assert "answer" not in dataset.column_names
+    rows = held_out_rows(dataset)
+    assert len(rows) == 4 and all(row["type"] in ("colour", "count", "position", "shape", "word") for row in rows)
+    for row in rows:
+        assert row["answer"] == row["messages"][1]["content"][0]["text"] and row["answer"]
+    no_type = held_out_rows(dataset.remove_columns("type"))
+    assert {row["type"] for row in no_type} == {"all"}
+
+
+def test_the_search_refuses_recipes_it_cannot_run_and_names_why(tmp_path):
+    raw = yaml.safe_load(TINY.read_text())
+    cases = [
+        ({key: value for key, value in raw.items() if key != "eval"}, RecipeError, "eval: missing"),
+        ({**raw, "model": {"path": "./folder"}}, RecipeError, r"model: the search builds each expert set"),
+        ({**raw, "model": {"preset": "eagle-x4-tiny"}}, ValueError, r"eagle-x4-tiny has no expert\(s\) \['x'\]"),
+    ]
+    for index, (recipe, error, message) in enumerate(cases):
+        path = tmp_path / f"recipe{index}.yaml"
+        path.write_text(yaml.safe_dump(recipe))
+        with pytest.raises(error, match=message):
+            search_experts(path, tmp_path / "out", candidates="sam,x" if index == 2 else "sam")
+    with pytest.raises(ValueError, match=r"rounds \(--rounds\) is 0"):
+        search_experts(TINY, tmp_path / "out", rounds=0)
+    with pytest.raises(ValueError, match=r"candidates names \['sam'\] more than once"):
+        search_experts(TINY, tmp_path / "out", candidates="sam,sam")
+    assert not (tmp_path / "out").exists()  # refused before anything is written or trained
+
+
+# ------------------------------------------------------------------------------------------------ the search
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """Start from CLIP, try DINOv2 and SAM in one round: three trials (two at a time), 1-2 steps per stage."""
+    output = tmp_path_factory.mktemp("search") / "search"
+    logged = []
+    started = time.perf_counter()
+    record = quickstart_search(output, seed=0, budget=BUDGET, log=logged.append, **SEARCH)
+    return output, record, logged, time.perf_counter() - started
+
+
+def test_a_two_candidate_one_round_search_writes_every_trial_the_table_and_the_plot(searched):
+    output, record, logged, _ = searched
+    assert record == json.loads((output / "search.json").read_text())
+    trials = record["trials"]
+    assert [(t["round"], t["experts"], t["added"]) for t in trials] == [
+        (0, ["clip"], None),
+        (1, ["clip", "dinov2"], "dinov2"),
+        (1, ["clip", "sam"], "sam"),
+    ]
+    for trial in trials:
+        assert set(trial["scores"]) == {"colour", "count", "position", "shape", "word"}
+        assert all(0 <= value <= 1 for value in trial["scores"].values())
+        assert trial["average"] == pytest.approx(sum(trial["scores"].values()) / len(trial["scores"]))
+        assert trial["wall_seconds"] > 0 and trial["tokens_per_image"] == 64  # the small preset's 8x8 grid
+        parameters = trial["parameters"]
+        assert set(parameters["experts"]) == set(trial["experts"])
+        assert parameters["vision"] == sum(parameters["experts"].values()) < parameters["total"]
+        result = json.loads((output / "trials" / "+".join(trial["experts"]) / "result.json").read_text())
+        assert result["average"] == trial["average"]
+    assert trials[1]["parameters"]["experts"]["clip"] == trials[0]["parameters"]["experts"]["clip"]
+    assert trials[1]["parameters"]["experts"]["dinov2"] > 0  # the sixth candidate trained at the small widths
+
+    # The start is chosen; in round 1 the best trial is kept only if it beat the start; one round at most.
+    assert trials[0]["chosen"]
+    best = max(trials[1:], key=lambda t: t["average"])
+    kept = best["average"] > trials[0]["average"]
+    assert [t["chosen"] for t in trials[1:]] == [t is best and kept for t in trials[1:]]
+    assert record["path"] == [["clip"]] + ([best["experts"]] if kept else [])
+    if kept:
+        assert record["stopped"] == "--rounds 1 reached"
+    else:
+        assert "no candidate raised the average" in record["stopped"]
+    assert record["settings"]["candidates"] == ["clip", "dinov2", "sam"] and record["settings"]["jobs"] == 2
+
+    table = (output / "search.md").read_text()
+    assert table == format_table(record)
+    lines = table.splitlines()
+    assert lines[0] == (
+        "| Round | Experts | colour | count | position | shape | word | Average | Params (M) | Tokens / image | "
+        "Wall (min) |"
+    )
+    assert lines[2].startswith("| 0 | **CLIP** |") and lines[3].startswith("| 1 | ")
+    assert "CLIP + DINOv2" in lines[3] and "CLIP + SAM" in lines[4]
+    assert lines[-2].startswith("Chosen path: CLIP")
+    assert record["trials_wall_seconds"] == pytest.approx(sum(t["wall_seconds"] for t in trials))
+    assert lines[-1] == f"3 trials, {record['trials_wall_seconds'] / 60:.1f} min of trial wall time in all."
+    png = (output / "search.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+    assert any("round 1: CLIP + one of DINOv2, SAM" in line for line in logged)
+    assert (output / "recipe.yaml").is_file() and (output / "data" / "hf" / "sft_heldout").is_dir()
+
+
+def test_a_rerun_resumes_reading_finished_trials_and_retrains_none(searched):
+    """The search is killed after two trials finished and the third had trained but not yet written its result:
+    the rerun (the CLI, as a user types it) reads the two results, gives the third its result from its completed
+    stage folders without training a step, and ends with the same table."""
+    output, record, _, _ = searched
+    trials = output / "trials"
+    killed = trials / "clip+sam"
+    (killed / "result.json").unlink()
+    (output / "search.json").unlink()
+    kept = {name: (trials / name / "result.json").stat().st_mtime_ns for name in ("clip", "clip+dinov2")}
+    weights = killed / "run" / "stage3-sft" / "model.safetensors"
+    trained_at = weights.stat().st_mtime_ns
+
+    arguments = ["search-experts", "--quickstart", "--output", str(output), *BUDGET_FLAGS]
+    arguments += ["--candidates", SEARCH["candidates"], "--rounds", "1", "--jobs", "2"]
+    assert main(arguments) == 0
+
+    for name, mtime in kept.items():
+        assert (trials / name / "result.json").stat().st_mtime_ns == mtime, name
+        assert (trials / name / "trial.log").read_text().count("== trial ") == 1, name
+    assert (killed / "trial.log").read_text().count("== trial ") == 2
+    assert weights.stat().st_mtime_ns == trained_at  # every stage was complete: loaded, not retrained
+    rerun = json.loads((output / "search.json").read_text())
+    assert [t["experts"] for t in rerun["trials"]] == [t["experts"] for t in record["trials"]]
+    assert [t["scores"] for t in rerun["trials"]] == [t["scores"] for t in record["trials"]]
+    assert rerun["path"] == record["path"]
+
+
+def test_a_rerun_with_another_budget_is_refused(searched):
+    output, *_ = searched
+    with pytest.raises(FileExistsError, match="another seed or budget"):
+        quickstart_search(output, seed=0, budget=Budget(n_images=48, sft_steps=3, word_steps=0), **SEARCH)
+    recipe = output / "recipe.yaml"
+    with pytest.raises(FileExistsError, match="trained with another recipe or data root"):
+        search_experts(recipe, output, data_root=output, **SEARCH)  # a different data root: other results
+
+
+@pytest.mark.slow
+def test_a_search_killed_mid_trial_resumes_without_retraining_the_finished_one(tmp_path):
+    """SIGKILL the whole search (its process group) once the first trial has written its result, while the next
+    trains; the rerun keeps that result and finishes the rest."""
+    output = tmp_path / "search"
+    command = [sys.executable, "-m", "eagle_hub.cli", "search-experts", "--quickstart", "--output", str(output)]
+    command += [*BUDGET_FLAGS, "--candidates", "clip,sam", "--rounds", "1"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL)
+    first = output / "trials" / "clip" / "result.json"
+    deadline = time.time() + 600
+    while not first.is_file() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert first.is_file(), "the first trial never finished"
+    time.sleep(3)  # into the second trial's training
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    finished_at = first.stat().st_mtime_ns
+    assert not (output / "trials" / "clip+sam" / "result.json").is_file()
+
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert first.stat().st_mtime_ns == finished_at
+    assert "CLIP                                     finished earlier" in rerun.stdout
+    assert (output / "trials" / "clip" / "trial.log").read_text().count("== trial ") == 1
+    record = json.loads((output / "search.json").read_text())
+    assert [t["experts"] for t in record["trials"]] == [["clip"], ["clip", "sam"]]
+
+
+@pytest.mark.slow
+def test_trials_run_under_accelerate_launch(tmp_path):
+    """--launcher: each trial trains in two processes (DDP over gloo on the CPU); the main one scores and writes."""
+    config = ROOT / "training" / "accelerate" / "cpu-2proc.yaml"
+    launcher = f"{sys.executable} -m accelerate.commands.launch --config_file {config}"
+    record = quickstart_search(tmp_path / "search", budget=BUDGET, candidates="clip", start="clip", launcher=launcher)
+    assert [t["experts"] for t in record["trials"]] == [["clip"]]
+    log = (tmp_path / "search" / "trials" / "clip" / "trial.log").read_text()
+    assert "[rank1]" in log and "[rank0]" in log
