@@ -48,6 +48,7 @@ def require_reference(*parts: str) -> Path:
         pytest.skip(reason)
     return path
 
+
 # Marks used by transformers' common test mixins (its repository conftest registers them).
 TRANSFORMERS_MARKS = (
     "generate",
