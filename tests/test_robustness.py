@@ -468,7 +468,7 @@ def test_training_killed_at_random_moments_always_resumes_to_the_same_weights(tm
             if len(kills) % 2 == 0:  # any moment: mid-step, mid-save, between units or stages
                 # Counted in steps, not seconds: a fixed delay outlasted the whole run on a faster machine.
                 target = len(run.seen("STEP")) + rng.randint(0, 6)
-                run.wait_for(lambda r: len(r.seen("STEP")) >= target)
+                run.wait_for(lambda r, target=target: len(r.seen("STEP")) >= target)
                 time.sleep(rng.uniform(0.0, 1.0) * run.step_seconds())
             else:  # within the step after a checkpoint of a unit that is not finished yet
                 mid_unit = run.wait_for(lambda r: any(step < total for _, _, step, total in r.seen("SAVED")))
