@@ -91,11 +91,13 @@ class EagleModelTester:
 
     def prepare_config_and_inputs_for_common(self):
         config = self.get_config()
-        # As LLaVA's tester: text ids avoid the image token (0) and padding (1), and nothing is padded, so that every
-        # run tests the same thing (the mixins add their own padding where they test it).
+        # Text ids avoid the image token (0) and padding (1). The first prompt is left-padded by one token, the same in
+        # every run (LLaVA's tester pads where its random ids happen to hit the pad id, so its padding-free tests run
+        # in some runs and skip in others).
         input_ids = ids_tensor([self.batch_size, self.seq_length], self.vocab_size - 2) + 2
         attention_mask = torch.ones_like(input_ids)
-        input_ids[:, : self.num_image_tokens] = self.image_token_id
+        input_ids[:, 1 : 1 + self.num_image_tokens] = self.image_token_id
+        input_ids[0, 0], attention_mask[0, 0] = self.pad_token_id, 0
         inputs = {
             "pixel_values": self.pixel_values(config, self.batch_size),
             "input_ids": input_ids,
