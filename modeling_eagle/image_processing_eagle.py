@@ -23,12 +23,14 @@ zero-padded, as transformers' ``Pix2StructImageProcessor`` computes them.
 
 import copy
 import math
+import threading
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import ChannelDimension, infer_channel_dimension_format
@@ -157,11 +159,28 @@ def open_image(source, where: str, limit: int) -> Image.Image:
     if getattr(image, "n_frames", 1) > 1:
         image.seek(0)  # animated GIF/WebP/APNG: the first frame
     try:
-        image.load()
+        with _strict_decoding():
+            image.load()
         image = ImageOps.exif_transpose(image) or image
     except (OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"{where} cannot be decoded ({error}); the file is corrupt or truncated") from None
     return image
+
+
+_DECODING = threading.Lock()
+
+
+@contextmanager
+def _strict_decoding():
+    """Decode with Pillow's LOAD_TRUNCATED_IMAGES off. It is process-wide, and harnesses turn it on (lmms-eval does
+    when imported), after which a file cut short decodes with its missing rows filled in grey: here that must stay
+    an error, whatever else the process imported."""
+    with _DECODING:
+        previous, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+        try:
+            yield
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
 def _positive_int(value: Any, where: str) -> int:

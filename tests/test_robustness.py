@@ -18,7 +18,7 @@ import torch
 from conftest import installed_folders
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, ImageFile
 
 from eagle_hub.modeling_eagle import EagleImageProcessor
 from eagle_hub.modeling_eagle.configuration_eagle import EagleVisionConfig
@@ -96,7 +96,7 @@ def test_animated_image_uses_its_first_frame(tmp_path):
     assert red[0] > 150 and red[2] < 50
 
 
-def test_corrupt_truncated_missing_and_url_inputs_name_the_input(tmp_path):
+def test_corrupt_truncated_missing_and_url_inputs_name_the_input(tmp_path, monkeypatch):
     garbage = tmp_path / "garbage.png"
     garbage.write_bytes(os.urandom(300))
     with pytest.raises(ValueError, match=r"image 0: .*garbage.png is not a readable image"):
@@ -107,6 +107,12 @@ def test_corrupt_truncated_missing_and_url_inputs_name_the_input(tmp_path):
     truncated.write_bytes(good.getvalue()[: len(good.getvalue()) // 2])
     with pytest.raises(ValueError, match=r"truncated.png.*(corrupt or truncated|not a readable image)"):
         plain_processor()(str(truncated))
+    # Also when the process has told Pillow to accept truncated files (lmms-eval does at import), and the setting
+    # is left as it was.
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    with pytest.raises(ValueError, match=r"truncated.png.*(corrupt or truncated|not a readable image)"):
+        plain_processor()(str(truncated))
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True
     with pytest.raises(ValueError, match=r"image 1: file not found: .*nope.png"):
         plain_processor()([Image.new("RGB", (4, 4)), str(tmp_path / "nope.png")])
     with pytest.raises(ValueError, match=r"image 0 is a URL \(https://example.com/cat.png\)"):
