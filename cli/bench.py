@@ -28,6 +28,14 @@ def add_parser(commands) -> None:
     )
     parser.add_argument("--repeats", type=int, help="timed runs per figure, after warm-up (default 30; x5-7b 10)")
     parser.add_argument(
+        "--fast-path-backend",
+        help="torch.compile backend for the vision fast path's rows (default inductor)",
+    )
+    parser.add_argument(
+        "--fast-path-mode",
+        help="torch.compile mode for the vision fast path's rows (default: none; reduce-overhead: CUDA graphs)",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="fewer repeats and training steps: a smoke test, not figures"
     )
     parser.set_defaults(run=run)
@@ -39,7 +47,13 @@ def run(args) -> None:
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise UserError(f"--json {args.json}: its folder does not exist")
     settings = Settings.for_preset(
-        args.preset, device=args.device, dtype=args.dtype, repeats=args.repeats, quick=args.quick
+        args.preset,
+        device=args.device,
+        dtype=args.dtype,
+        repeats=args.repeats,
+        quick=args.quick,
+        fast_path_backend=args.fast_path_backend,
+        fast_path_mode=args.fast_path_mode,
     )
     results = run_benchmark(settings)
     print(format_table(results))
