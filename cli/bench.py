@@ -17,9 +17,11 @@ def add_parser(commands) -> None:
     )
     parser.add_argument(
         "--preset",
-        choices=["small", "x5-7b"],
+        choices=["small", "x5-7b", "x5-tower-cpu"],
         default="small",
-        help="small: eagle-x5-small (default); x5-7b: eagle-x5, the released layout with a 7B LLM",
+        help="small: eagle-x5-small (default); x5-7b: eagle-x5, the released layout with a 7B LLM; x5-tower-cpu: "
+        "the full-size X5 tower at the released resolutions on a CPU, eager, compiled, channels-last ConvNeXt and "
+        "bf16 autocast (python -m eagle_hub.benchmarks.cpu_tower has its options; about an hour on 2 cores)",
     )
     parser.add_argument("--json", help="also write every figure and the bars to this JSON file")
     parser.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda if available, else cpu)")
@@ -46,6 +48,15 @@ def run(args) -> None:
 
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise UserError(f"--json {args.json}: its folder does not exist")
+    if args.preset == "x5-tower-cpu":
+        from eagle_hub.benchmarks import cpu_tower
+
+        results = cpu_tower.run(repeats=args.repeats or 1, backend=args.fast_path_backend or "inductor")
+        print(cpu_tower.format_table(results))
+        if args.json:
+            write_json(results, args.json)
+            print(f"wrote {args.json}")
+        return
     settings = Settings.for_preset(
         args.preset,
         device=args.device,

@@ -6,6 +6,7 @@ still fails on any graph break) without paying for inductor's code generation, a
 a cold cache on 2 cores; the inductor run is marked slow. `eagle bench` measures what the fast path gains."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -230,3 +231,29 @@ def test_inductor_fast_path_gives_the_plain_greedy_tokens(tokenizer, processor, 
         torch.testing.assert_close(tower(inputs["pixel_values"]).last_hidden_state, features, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(generated, expected)
     assert calls == EXPERT_NAMES * 2
+
+
+def test_cpu_tower_measurement_smoke_run(tmp_path):
+    """``python -m eagle_hub.benchmarks.cpu_tower`` on the tiny experts at the released resolutions (eager backend,
+    one repeat, a few variants): every figure is there, eager's tokens match themselves, and the JSON is written."""
+    from eagle_hub.benchmarks import cpu_tower
+
+    path = tmp_path / "cpu-tower.json"
+    argv = ["--preset", "eagle-x5-tiny", "--backend", "eager", "--variants", "eager,compiled,bf16_autocast"]
+    assert cpu_tower.main([*argv, "--new-tokens", "2", "--json", str(path)]) == 0
+    results = json.loads(path.read_text())
+    assert results["resolutions"] == {"clip": 336, "convnext": 1024, "sam": 1024, "eva02": 1024, "pix2struct": 1024}
+    assert set(results["cpu_bf16"]) == {"onednn_bf16", "avx512_bf16", "amx_bf16"}
+    variants = results["variants"]
+    assert list(variants) == ["eager", "compiled", "bf16_autocast"]
+    assert variants["eager"]["tokens_match"] and variants["eager"]["tower"]["max_abs_diff"] == 0
+    for name, rows in variants.items():
+        if "skipped" in rows:  # bf16 on a CPU without it
+            assert name == "bf16_autocast" and not results["cpu_bf16"]["onednn_bf16"]
+            continue
+        for expert in [*EXPERT_NAMES, "tower"]:
+            assert rows[expert]["steady_s"] > 0 and rows[expert]["tflops_per_s"] > 0, (name, expert)
+            assert rows[expert]["speedup_over_eager"] > 0
+        assert len(rows["tokens"]) == 2
+    assert variants["compiled"]["tower"]["max_abs_diff"] < 1e-4 and variants["compiled"]["tokens_match"]
+    assert results["fastest_matching"] in variants
