@@ -257,3 +257,24 @@ def test_cpu_tower_measurement_smoke_run(tmp_path):
         assert len(rows["tokens"]) == 2
     assert variants["compiled"]["tower"]["max_abs_diff"] < 1e-4 and variants["compiled"]["tokens_match"]
     assert results["fastest_matching"] in variants
+
+
+def test_quantized_llm_with_the_fast_path_gives_the_same_tokens(saved_folder, processor, monkeypatch):
+    """An 8-bit LLM (bitsandbytes, on a CPU) with the experts kept in full precision: the fast path compiles the
+    experts as ever and the greedy tokens do not change."""
+    pytest.importorskip("bitsandbytes")
+    from transformers import BitsAndBytesConfig
+
+    from eagle_hub.modeling_eagle.modeling_eagle import QUANTIZATION_SKIP_MODULES
+
+    config = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=QUANTIZATION_SKIP_MODULES)
+    quantized = AutoModelForImageTextToText.from_pretrained(saved_folder, quantization_config=config, device_map="cpu")
+    tower = quantized.model.vision_tower
+    inputs = prompt_inputs(processor)
+    with torch.inference_mode():
+        expected = quantized.generate(**inputs, max_new_tokens=5, do_sample=False)
+        tower.enable_fast_path(backend="eager")
+        calls = count_compiled_calls(tower, monkeypatch)
+        generated = quantized.generate(**inputs, max_new_tokens=5, do_sample=False)
+    torch.testing.assert_close(generated, expected)
+    assert calls == EXPERT_NAMES
