@@ -28,6 +28,15 @@ Every figure comes from one run on one device, with the same inputs for every mo
   prefill is a part of the TTFT call, so it never exceeds it; ``ttft_over_prefill`` is the median over repeats of
   TTFT / prefill within the call. The prefill's parts alone are the experts, the projector and the bare LLM's
   prefill, run in the same rounds.
+- Fast path (``EagleVisionTower.enable_fast_path``, ``torch.compile`` of every expert): each expert and the tower,
+  eager and compiled, on the same one-image input. ``compile_s`` is the first compiled call of an expert (compiling
+  it, then running it once), timed on its own; the tower's is the sum of its experts' (the tower's first call with
+  the fast path on compiles exactly these). Steady times: the median over interleaved repeats after warm-up, and
+  ``speedup`` the paired eager / compiled ratio. Achieved TFLOP/s: the analytic FLOPs over each median (on GPU
+  also over the device's dense bf16 peak). ``max_abs_diff``: the largest difference of the compiled output from
+  the eager one. ``--fast-path-backend`` and ``--fast-path-mode`` go to ``torch.compile`` (``reduce-overhead``
+  captures CUDA graphs on CUDA). ``python -m eagle_hub.benchmarks.cpu_tower`` measures the full-size X5 tower at
+  the released resolutions on a CPU, with channels-last ConvNeXt and bf16 autocast too.
 - Decode step: the model's forward on one new token with the KV cache, step after step from the prefilled
   prompt (Eagle's image is in its cache), interleaved with the bare LLM's step at the same cache length.
 - Decode tokens/s: from ``generate`` with N new tokens (forced by ``min_new_tokens``) and with 1, run in the same
@@ -117,9 +126,20 @@ class Settings:
     batch: int = 8
     train_batch: int = 4
     train_repeats: int = 4
+    fast_path_backend: str = "inductor"
+    fast_path_mode: str | None = None
 
     @classmethod
-    def for_preset(cls, preset: str, device: str | None = None, dtype: str | None = None, repeats=None, quick=False):
+    def for_preset(
+        cls,
+        preset: str,
+        device: str | None = None,
+        dtype: str | None = None,
+        repeats=None,
+        quick=False,
+        fast_path_backend: str | None = None,
+        fast_path_mode: str | None = None,
+    ):
         if preset not in PRESETS:
             raise ValueError(f"unknown bench preset {preset!r}; choose one of {', '.join(PRESETS)}")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -132,7 +152,9 @@ class Settings:
         dtype = dtype or ("bfloat16" if torch.device(device).type == "cuda" else "float32")
         if dtype not in DTYPES:
             raise ValueError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
-        settings = cls(preset=preset, device=device, dtype=dtype)
+        settings = cls(preset=preset, device=device, dtype=dtype, fast_path_mode=fast_path_mode)
+        if fast_path_backend is not None:
+            settings.fast_path_backend = fast_path_backend
         if preset == "x5-7b":
             settings.repeats, settings.decode_tokens, settings.train_batch, settings.train_repeats = 10, 64, 2, 3
         if quick:
@@ -541,6 +563,91 @@ def measure_inference(models: Models, settings: Settings, device: torch.device, 
         results["batching"].update(summarize_encode(encode_times, settings.batch))
         results["no_sync_cuda"] = check_no_sync_on_cuda(tower, pixels, device)
     return results
+
+
+@contextlib.contextmanager
+def fast_path_off(tower):
+    """Run the tower eagerly for a while, keeping its fast path's compiled functions for afterwards."""
+    saved = tower.fast_path
+    tower.fast_path = None
+    try:
+        yield
+    finally:
+        tower.fast_path = saved
+
+
+def eager_call(tower, fn: Callable) -> Callable:
+    def run():
+        with fast_path_off(tower):
+            return fn()
+
+    return run
+
+
+def measure_fast_path(tower, pixels, settings: Settings, device: torch.device) -> dict:
+    """Each expert and the tower eager and through ``enable_fast_path`` (see the module doc): the first compiled
+    call per expert, the largest difference from eager, and interleaved steady-state times."""
+    names = list(tower.experts)
+    tower.enable_fast_path(mode=settings.fast_path_mode, backend=settings.fast_path_backend)
+    first_call_s, max_abs_diff = {}, {}
+    try:
+        with torch.inference_mode():
+            for index, name in enumerate(names):
+                synchronize(device)
+                start = time.perf_counter()
+                compiled = tower.run_expert(name, pixels[index])
+                synchronize(device)
+                first_call_s[name] = time.perf_counter() - start
+                with fast_path_off(tower):
+                    eager = tower.run_expert(name, pixels[index])
+                max_abs_diff[name] = (compiled.float() - eager.float()).abs().max().item()
+            first_call_s["tower"] = sum(first_call_s.values())
+            with fast_path_off(tower):
+                eager = tower(pixels).last_hidden_state
+            compiled = tower(pixels).last_hidden_state
+            max_abs_diff["tower"] = (compiled.float() - eager.float()).abs().max().item()
+            fns = {}
+            for index, name in enumerate(names):
+                run = partial(tower.run_expert, name, pixels[index])
+                fns[f"eager:{name}"], fns[f"compiled:{name}"] = eager_call(tower, run), run
+            fns["eager:tower"], fns["compiled:tower"] = (
+                eager_call(tower, partial(tower, pixels)),
+                partial(tower, pixels),
+            )
+            times = time_interleaved(fns, settings.repeats, settings.warmup, device)
+    finally:
+        tower.disable_fast_path()
+    return {
+        "backend": settings.fast_path_backend,
+        "mode": settings.fast_path_mode,
+        "times": times,
+        "first_call_s": first_call_s,
+        "max_abs_diff": max_abs_diff,
+    }
+
+
+def summarize_fast_path(measured: dict, flops: dict, peak: float | None) -> dict:
+    """Per expert and for the tower: eager and compiled steady ms, the paired speedup, the first compiled call, the
+    achieved TFLOP/s of each (and the fraction of the device's peak, on GPU), the largest output difference."""
+    times, gflops = measured["times"], {name: entry["gflops"] for name, entry in flops["experts"].items()}
+    gflops["tower"] = flops["tower_gflops"]
+    rows = {}
+    for name in [*flops["experts"], "tower"]:
+        eager, compiled = times.median(f"eager:{name}"), times.median(f"compiled:{name}")
+        rates = {kind: gflops[name] / (seconds * 1e3) for kind, seconds in (("eager", eager), ("compiled", compiled))}
+        rows[name] = {
+            "eager_ms": ms(eager),
+            "compiled_ms": ms(compiled),
+            "speedup": rounded(times.paired_ratio([f"eager:{name}"], [f"compiled:{name}"]), 3),
+            "compile_s": round(measured["first_call_s"][name], 3),
+            "gflops": round(gflops[name], 4),
+            "eager_tflops_per_s": round(rates["eager"], 6),
+            "compiled_tflops_per_s": round(rates["compiled"], 6),
+            "eager_fraction_of_peak": None if peak is None else round(rates["eager"] / peak, 4),
+            "compiled_fraction_of_peak": None if peak is None else round(rates["compiled"] / peak, 4),
+            "max_abs_diff": measured["max_abs_diff"][name],
+        }
+    return {"backend": measured["backend"], "mode": measured["mode"], "peak_tflops": peak, **rows}
 
 
 def generate_fn(model, inputs: dict, new_tokens: int) -> Callable:
@@ -1009,6 +1116,10 @@ def run_benchmark(settings: Settings) -> dict:
     results["flops"] = count_flops(settings.preset, results["tokens"]["prompt_tokens"])
     results["flops"].update(flop_rates(results["flops"], results["vision"], peak_tflops(device, dtype)))
     results["no_sync"] = check_no_sync(settings.preset)
+    logger.info(f"bench: the vision fast path ({settings.fast_path_backend}; first calls compile)")
+    pixels = make_inputs(models, 1, device, dtype).eagle["pixel_values"]
+    measured = measure_fast_path(models.eagle.model.vision_tower, pixels, settings, device)
+    results["fast_path"] = summarize_fast_path(measured, results["flops"], peak_tflops(device, dtype))
     del models
     logger.info("bench: training steps")
     results["training"] = measure_training(settings)
@@ -1052,6 +1163,8 @@ def format_table(results: dict) -> str:
         f"({tokens['llava_image_tokens']} image)"
     ]
     lines += vision_lines(results)
+    if results.get("fast_path"):
+        lines += fast_path_lines(results["fast_path"])
     lines += inference_lines(results)
     lines += training_lines(results["training"])
     if results.get("serving"):
@@ -1097,6 +1210,31 @@ def vision_lines(results: dict) -> list[str]:
             f"(x{channels['speedup']:.2f})"
         )
     return lines
+
+
+def fast_path_lines(fast_path: dict) -> list[str]:
+    names = [name for name, entry in fast_path.items() if isinstance(entry, dict)]
+    peak = fast_path.get("peak_tflops") is not None
+    rows = []
+    for name in names:
+        entry = fast_path[name]
+        row = [
+            name,
+            cell(entry["eager_ms"], 3),
+            cell(entry["compiled_ms"], 3),
+            cell(entry["speedup"], 2),
+            cell(entry["compile_s"], 1),
+            cell(entry["eager_tflops_per_s"] * 1e3, 1),
+            cell(entry["compiled_tflops_per_s"] * 1e3, 1),
+        ]
+        if peak:
+            row.append(f"{100 * entry['compiled_fraction_of_peak']:.1f}%")
+        rows.append(row + [f"{entry['max_abs_diff']:.1e}"])
+    header = ["", "eager ms", "compiled ms", "speedup", "compile s", "eager GFLOP/s", "compiled GFLOP/s"]
+    header += ["of peak"] if peak else []
+    mode = fast_path["mode"] or "default"
+    title = f"vision fast path: enable_fast_path(backend={fast_path['backend']!r}, mode={mode}), one image"
+    return table(title, [*header, "max |diff|"], rows)
 
 
 def inference_lines(results: dict) -> list[str]:

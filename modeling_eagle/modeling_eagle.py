@@ -201,6 +201,10 @@ class EagleVisionTower(EaglePreTrainedModel):
         )
         self.grid_size = config.grid_size
         self.frozen_experts: set[str] = set()
+        # The fast path's settings and compiled forwards (plain attributes, not modules: state_dict keys, saving
+        # and loading never see them); None while it is off.
+        self.fast_path: dict | None = None
+        self._compiled_forwards: dict[type, Any] = {}
         self.post_init()
 
     # The capability flags transformers reads before it gives the tower an attention kernel: a kernel is supported
@@ -248,6 +252,75 @@ class EagleVisionTower(EaglePreTrainedModel):
         for vision_expert in self.experts.values():
             if hasattr(vision_expert, "set_channels_last"):
                 vision_expert.set_channels_last(enabled)
+
+    def enable_fast_path(
+        self,
+        mode: str | None = None,
+        dynamic: bool | None = False,
+        fullgraph: bool = True,
+        backend: str = "inductor",
+        options: dict | None = None,
+    ) -> None:
+        """Compile every expert's forward with ``torch.compile`` and run it whenever nothing needs the eager path.
+
+        Eagle's experts see fixed input shapes (every image is resized to each expert's resolution; nothing is
+        tiled), so each expert compiles once per batch size (``dynamic=False``, the default) and is then reused.
+        ``mode``, ``dynamic``, ``fullgraph``, ``backend`` and ``options`` go to ``torch.compile`` as they are:
+        ``mode="reduce-overhead"`` (or ``"max-autotune"``) adds CUDA graphs on CUDA; on a CPU leave ``mode=None``
+        (no graph capture there). ``fullgraph=True`` makes a graph break an error instead of a silent slowdown.
+
+        Off by default because it costs time once: the first call at each batch size (and after ``.to()`` to
+        another device or dtype, which recompiles) compiles the experts, seconds for a tiny model and minutes
+        for the full-size one on a CPU (docs/performance.md has the figures). Turn it on after loading (and after
+        ``device_map`` dispatch); ``disable_fast_path()`` turns it off.
+
+        The eager forward still runs, unchanged, whenever the tower is in training mode, whenever gradients are
+        enabled and an expert's weights or its input need them, when hidden states or attention maps are asked
+        for (they are recorded by module hooks), and for an expert that accelerate has hooked (``device_map``
+        offloading it or splitting it between devices). Nothing is captured while the tower trains. The compiled
+        functions are the experts' classes' ``forward`` taking the expert as an argument, kept in a plain
+        attribute: ``state_dict`` keys, ``save_pretrained`` and ``from_pretrained`` are unchanged, and a deep copy of
+        the tower runs its own weights.
+        """
+        self.fast_path = {
+            "mode": mode,
+            "dynamic": dynamic,
+            "fullgraph": fullgraph,
+            "backend": backend,
+            "options": options,
+        }
+        self._compiled_forwards = {}
+
+    def disable_fast_path(self) -> None:
+        """Back to the eager forward everywhere (drops the compiled functions)."""
+        self.fast_path = None
+        self._compiled_forwards = {}
+
+    def compiled_forward(self, vision_expert: VisionExpert, pixels: torch.Tensor):
+        """The compiled forward this expert runs now, or None where the eager one must run (``enable_fast_path``
+        says when). One compiled function per expert class: its ``forward`` with the expert as an argument, so
+        experts of one class share compiled graphs where their shapes and settings agree."""
+        if self.fast_path is None or self.training:
+            return None
+        if torch.is_grad_enabled() and (
+            pixels.requires_grad or any(p.requires_grad for p in vision_expert.parameters())
+        ):
+            return None
+        if any(hasattr(module, "_hf_hook") for module in vision_expert.modules()):
+            return None
+        cls = type(vision_expert)
+        if cls not in self._compiled_forwards:
+            settings = {key: value for key, value in self.fast_path.items() if key != "options" or value}
+            self._compiled_forwards[cls] = torch.compile(cls.forward, **settings)
+        return self._compiled_forwards[cls]
+
+    def run_expert(self, name: str, pixels: torch.Tensor, use_fast_path: bool = True) -> torch.Tensor:
+        """One expert's (B, C, h, w) feature map: compiled where the fast path is on and allowed, else eager."""
+        vision_expert = self.experts[name]
+        compiled = self.compiled_forward(vision_expert, pixels) if use_fast_path else None
+        if compiled is not None:
+            return compiled(vision_expert, pixels)
+        return vision_expert(pixels)
 
     def expert_channels(self) -> dict[str, int]:
         """Channels each expert contributes on the grid (after its pixel_unshuffle)."""
@@ -311,7 +384,10 @@ class EagleVisionTower(EaglePreTrainedModel):
                 torch.set_grad_enabled(torch.is_grad_enabled() and name not in self.frozen_experts),
                 recorded_outputs(vision_expert, output_hidden_states, output_attentions) as record,
             ):
-                grid = self.to_grid(vision_expert(pixels), vision_expert.spec["pixel_unshuffle"])
+                feature_map = self.run_expert(
+                    name, pixels, use_fast_path=not (output_hidden_states or output_attentions)
+                )
+                grid = self.to_grid(feature_map, vision_expert.spec["pixel_unshuffle"])
             # Under a device_map the experts may sit on different devices; the fused map lives with the first.
             device = device or grid.device
             on_grid[name] = grid.to(device)

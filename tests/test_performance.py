@@ -612,6 +612,11 @@ def test_eagle_bench_small_quick_writes_every_figure_and_bar(tmp_path, capsys):
         assert bars[name]["comparison"] in ("<=", ">=") and isinstance(bars[name]["pass"], bool), name
         assert bars[name]["values"], name
     assert bars["vision_tower_no_sync"]["pass"] is True
+    fast_path = results["fast_path"]  # enable_fast_path's rows, with and without it
+    assert fast_path["backend"] == "inductor" and "vision fast path" in printed
+    for name in [*experts, "tower"]:
+        for key in ("eager_ms", "compiled_ms", "compile_s", "eager_tflops_per_s", "compiled_tflops_per_s"):
+            assert fast_path[name][key] > 0, (name, key)
 
 
 def test_no_sync_check_catches_cpu_tensors_fed_to_device_ops(monkeypatch):
