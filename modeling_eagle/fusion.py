@@ -47,6 +47,8 @@ class Fusion(nn.Module):
     """
 
     fusion_type: str = ""
+    # What the model card says the strategy does, formatted with grid, channels, tokens and projector_type.
+    summary: str = ""
     # Option name -> default value; ``None`` means "derived from the rest of the config".
     defaults: dict = {}
 

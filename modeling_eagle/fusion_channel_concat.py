@@ -11,6 +11,11 @@ class ChannelConcatFusion(Fusion, EagleMultiModalProjector):
     checkpoints: ``model.multi_modal_projector.linear_1.weight``, ..."""
 
     fusion_type = "channel_concat"
+    summary = (
+        "their feature maps are brought to one {grid}x{grid} grid and concatenated on channels "
+        "({channels} channels, {tokens} image tokens per image), and an MLP projector (`{projector_type}`) maps them "
+        "into the language model."
+    )
 
     def __init__(self, config, expert_channels: dict[str, int]):
         EagleMultiModalProjector.__init__(

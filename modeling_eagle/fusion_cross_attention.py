@@ -17,6 +17,11 @@ MAX_GRID_SIZE = 128
 
 class CrossAttentionFusion(Fusion):
     fusion_type = "cross_attention"
+    summary = (
+        "the first expert's {grid}x{grid} tokens attend, each within its own window, to the other experts' finer "
+        "feature maps (Mini-Gemini's patch-info mining), and an MLP projector (`{projector_type}`) maps the result "
+        "into the language model ({tokens} image tokens per image)."
+    )
     # window: side of each query's patch on the other experts' finer grid; heads: attention heads.
     defaults = {"window": 2, "heads": 1}
 

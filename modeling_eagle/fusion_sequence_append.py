@@ -12,6 +12,10 @@ MAX_GRID_SIZE = 128
 
 class SequenceAppendFusion(Fusion):
     fusion_type = "sequence_append"
+    summary = (
+        "each expert's feature map is brought to its token grid, projected by the expert's own MLP projector "
+        "(`{projector_type}`) and appended to the previous expert's tokens ({tokens} image tokens per image)."
+    )
     # grid_size: each expert's token grid side (None: the vision config's shared grid).
     defaults = {"grid_size": None}
 
