@@ -28,6 +28,11 @@ Every figure comes from one run on one device, with the same inputs for every mo
   prefill is a part of the TTFT call, so it never exceeds it; ``ttft_over_prefill`` is the median over repeats of
   TTFT / prefill within the call. The prefill's parts alone are the experts, the projector and the bare LLM's
   prefill, run in the same rounds.
+- Fusion strategies: one row per strategy of ``FUSION_CLASSES`` (default options), each an Eagle sharing the
+  preset's experts and LLM with a fresh fusion module: image tokens per image, tower + fusion time
+  (``get_image_features``) and the prefill (one forward over the prompt with that many image tokens), interleaved
+  in the same rounds (at most 10 repeats). The cost side of a fusion ablation; its accuracy side is
+  ``eagle quickstart --fusions all``.
 - Decode step: the model's forward on one new token with the KV cache, step after step from the prefilled
   prompt (Eagle's image is in its cache), interleaved with the bare LLM's step at the same cache length.
 - Decode tokens/s: from ``generate`` with N new tokens (forced by ``min_new_tokens``) and with 1, run in the same

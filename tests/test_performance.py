@@ -612,6 +612,13 @@ def test_eagle_bench_small_quick_writes_every_figure_and_bar(tmp_path, capsys):
         assert bars[name]["comparison"] in ("<=", ">=") and isinstance(bars[name]["pass"], bool), name
         assert bars[name]["values"], name
     assert bars["vision_tower_no_sync"]["pass"] is True
+    # The fusion strategies' cost side: a row each, printed and in the JSON.
+    fusions = {row["fusion"]: row for row in results["fusions"]}
+    assert list(fusions) == ["channel_concat", "sequence_append", "cross_attention"]
+    assert fusions["sequence_append"]["tokens_per_image"] == 5 * fusions["channel_concat"]["tokens_per_image"]
+    for row in fusions.values():
+        assert row["tower_fusion_ms"] > 0 and row["prefill_ms"] > 0 and row["fusion_parameters_millions"] > 0
+    assert "fusion strategies" in printed and "cross_attention" in printed
 
 
 def test_no_sync_check_catches_cpu_tensors_fed_to_device_ops(monkeypatch):
