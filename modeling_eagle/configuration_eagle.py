@@ -31,7 +31,7 @@ CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
-# The released Eagle experts (EAGLE-X5.md §2): each one's architecture and normalisation. `EagleConfig()` and the
+# The experts of the released NVEagle checkpoints: each one's architecture and normalisation. `EagleConfig()` and the
 # `eagle-x5`/`eagle-x4` presets build their towers from this table.
 RELEASED_EXPERTS = {
     "clip": {

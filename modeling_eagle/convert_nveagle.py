@@ -292,7 +292,7 @@ def expert_specs(names: list[str], shapes: dict) -> list[dict]:
             raise ConversionError(f"expert {index} ({tower}) lacks tensor {prefix}{error.args[0]}") from None
         spec = {"name": expert_type, "type": expert_type, **RELEASED_EXPERT_INPUTS[expert_type], "config": arch}
         if expert_type != "pix2struct":
-            # The released tower feeds every expert the CLIP-normalised image (EAGLE-X5.md §2).
+            # The released code normalises the one shared image with CLIP's statistics for every expert but Pix2Struct.
             spec.update(image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
         specs.append(spec)
     return specs

@@ -1,6 +1,6 @@
 """Named Eagle configurations.
 
-``eagle-x5`` / ``eagle-x4`` are the released architectures (EAGLE-X5.md §2) at the design card's default of
+``eagle-x5`` / ``eagle-x4`` are the architectures of the released NVEagle checkpoints at the design card's default of
 448 pixels per expert, with a Vicuna-7B-sized LLM; their tables live in ``configuration_eagle`` (remote code), where
 ``EagleConfig()`` takes the same ``eagle-x5`` as its default. The ``-tiny`` presets keep every structural feature
 (position-table interpolation, windowed and global attention, pixel_unshuffle, bilinear steps) at widths
@@ -298,7 +298,7 @@ PRESETS = {
 
 def expert_specs(preset: str, experts=None, image_size: int | None = None) -> list[dict]:
     """The expert entries of a preset, optionally a subset/reordering by name and at another resolution."""
-    recipe = _recipe(preset)
+    recipe = _preset(preset)
     names = tuple(experts) if experts is not None else recipe["experts"]
     unknown = [name for name in names if name not in recipe["table"]]
     if unknown:
@@ -319,7 +319,7 @@ def eagle_config(
     preset: str, *, vocab_size: int | None = None, image_token_id: int | None = None, experts=None, **overrides
 ) -> EagleConfig:
     """Build an ``EagleConfig`` from a preset name. ``experts`` picks a subset/order of the preset's experts."""
-    recipe = _recipe(preset)
+    recipe = _preset(preset)
     text = dict(recipe["text"])
     if vocab_size is not None:
         text["vocab_size"] = vocab_size
@@ -331,7 +331,7 @@ def eagle_config(
     return EagleConfig(vision_config=vision, text_config=text, image_token_id=token, **overrides)
 
 
-def _recipe(preset: str) -> dict:
+def _preset(preset: str) -> dict:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[preset]

@@ -114,13 +114,42 @@ def test_generate_with_and_without_cache_is_equal_and_tower_runs_once(tester, mo
     torch.testing.assert_close(cached, uncached)
 
 
-def test_beam_search_and_sampling(tester, model):
+def sequence_log_probs(model, inputs, sequences) -> torch.Tensor:
+    """Sum of the log-probabilities a forward pass gives each sequence's generated tokens, with its prompt's images."""
+    prompts, length = inputs["input_ids"].shape
+    repeat = sequences.shape[0] // prompts
+    pixel_values = [p.repeat_interleave(repeat, dim=0) for p in inputs["pixel_values"]]
+    mask = torch.cat([inputs["attention_mask"].repeat_interleave(repeat, dim=0)] * 2, dim=1)[:, : sequences.shape[1]]
+    with torch.no_grad():
+        logits = model(input_ids=sequences, attention_mask=mask, pixel_values=pixel_values).logits.float()
+    steps = torch.log_softmax(logits[:, length - 1 : -1], dim=-1)
+    return steps.gather(-1, sequences[:, length:, None])[..., 0].sum(-1)
+
+
+def test_beam_search_scores_are_the_log_probabilities_of_its_sequences(tester, model):
+    """Each returned beam's score is what a plain forward pass over that sequence, with the prompt's image, gives
+    (length_penalty 0: the sum of log-probabilities), the beams come best first, and one beam is greedy search."""
+    inputs = tester.inputs(("one",), (1,))
+    settings = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False, length_penalty=0.0)
+    beams = model.generate(
+        **inputs, num_beams=3, num_return_sequences=3, output_scores=True, return_dict_in_generate=True, **settings
+    )
+    scores = beams.sequences_scores
+    assert (scores[:-1] >= scores[1:]).all(), scores
+    torch.testing.assert_close(scores, sequence_log_probs(model, inputs, beams.sequences), rtol=0, atol=1e-4)
+    greedy = model.generate(**inputs, **settings)
+    torch.testing.assert_close(model.generate(**inputs, num_beams=1, **settings), greedy)
+
+
+def test_sampling_is_seeded_and_top_k_1_is_greedy(tester, model):
     inputs = tester.inputs(("one", "two"), (1, 2))
-    beams = model.generate(**inputs, max_new_tokens=4, num_beams=3, num_return_sequences=2, do_sample=False)
-    assert beams.shape[0] == 4
-    torch.manual_seed(0)
-    sampled = model.generate(**inputs, max_new_tokens=4, do_sample=True, top_p=0.9, temperature=0.7)
-    assert sampled.shape[0] == 2
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        runs.append(model.generate(**inputs, max_new_tokens=6, do_sample=True, top_p=0.9, temperature=1.5))
+    torch.testing.assert_close(runs[0], runs[1])
+    greedy = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    torch.testing.assert_close(model.generate(**inputs, max_new_tokens=6, do_sample=True, top_k=1), greedy)
 
 
 def test_batched_left_padded_generation_equals_one_by_one(tester, model):
@@ -146,9 +175,12 @@ def test_prompts_without_images_and_mixed_batches(tester, model, processor):
     assert out.shape[1] == text_only["input_ids"].shape[1] + 3
     mixed = tester.inputs(("with image", "without"), (1, 0))
     assert mixed["pixel_values"][0].shape[0] == 1
+    alone = tester.inputs(("without",), (0,))
     with torch.no_grad():
         logits = model(**mixed).logits
-    assert torch.isfinite(logits).all()
+        alone_logits = model(**alone).logits
+    # The prompt without an image reads the same in the mixed batch (left-padded) as on its own.
+    torch.testing.assert_close(logits[1, -1], alone_logits[0, -1], rtol=1e-4, atol=1e-4)
 
 
 def test_mismatched_image_tokens_and_images_raise_clear_errors(tester, model):

@@ -219,3 +219,29 @@ def test_trials_run_under_accelerate_launch(tmp_path):
     assert [t["experts"] for t in record["trials"]] == [["clip"]]
     log = (tmp_path / "search" / "trials" / "clip" / "trial.log").read_text()
     assert "[rank1]" in log and "[rank0]" in log
+
+
+def test_the_published_search_tables_are_the_recorded_search():
+    """docs/search-experts.md's table is format_table of the recorded search.json, and the README's summary (each
+    round's best set and the other trials' averages, to 0.1 point) says what that record says."""
+    import re
+
+    from eagle_hub.training.search_experts import label
+
+    record = json.loads((ROOT / "docs" / "search-experts-quickstart.json").read_text())
+    table = format_table(record).split("\n\nChosen path")[0]
+    assert table in (ROOT / "docs" / "search-experts.md").read_text()
+
+    readme = (ROOT / "README.md").read_text()
+    rows = re.findall(r"^\| (\d) \| (.*?) \|(.*?)\|$", readme.split("## Choosing the experts")[1], flags=re.M)
+    assert [int(row[0]) for row in rows] == sorted({trial["round"] for trial in record["trials"]})
+    for round_number, best, others in rows:
+        trials = [trial for trial in record["trials"] if trial["round"] == int(round_number)]
+        chosen = [trial for trial in trials if trial["chosen"]]
+        if chosen:
+            assert best.endswith(f"({chosen[0]['average']:.1%})"), best
+        shown = dict(re.findall(r"\+ (\S+) (\d+\.\d)", others))
+        rest = {label(t["experts"][-1:]): f"{t['average'] * 100:.1f}" for t in trials if not t["chosen"]}
+        assert shown == rest, (round_number, shown, rest)
+    minutes = record["trials_wall_seconds"] / 60
+    assert f"{len(record['trials'])} trials, {minutes:.1f} min of trial time" in " ".join(readme.split())
