@@ -37,6 +37,11 @@ Every figure comes from one run on one device, with the same inputs for every mo
   the eager one. ``--fast-path-backend`` and ``--fast-path-mode`` go to ``torch.compile`` (``reduce-overhead``
   captures CUDA graphs on CUDA). ``python -m eagle_hub.benchmarks.cpu_tower`` measures the full-size X5 tower at
   the released resolutions on a CPU, with channels-last ConvNeXt and bf16 autocast too.
+- Fusion strategies: one row per strategy of ``FUSION_CLASSES`` (default options), each an Eagle sharing the
+  preset's experts and LLM with a fresh fusion module: image tokens per image, tower + fusion time
+  (``get_image_features``) and the prefill (one forward over the prompt with that many image tokens), interleaved
+  in the same rounds (at most 10 repeats). The cost side of a fusion ablation; its accuracy side is
+  ``eagle quickstart --fusions all``.
 - Decode step: the model's forward on one new token with the KV cache, step after step from the prefilled
   prompt (Eagle's image is in its cache), interleaved with the bare LLM's step at the same cache length.
 - Decode tokens/s: from ``generate`` with N new tokens (forced by ``min_new_tokens``) and with 1, run in the same
@@ -1088,6 +1093,56 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
+def fusion_models(eagle) -> dict[str, torch.nn.Module]:
+    """An Eagle per fusion strategy sharing ``eagle``'s experts, LLM and head; only the fusion module is new (random
+    weights), so a 7B preset adds the fusion modules' memory, not two more models'."""
+    from eagle_hub.modeling_eagle.modeling_eagle import FUSION_CLASSES, EagleForConditionalGeneration
+
+    parameter = next(eagle.parameters())
+    models = {}
+    for name, fusion_class in FUSION_CLASSES.items():
+        config = copy.deepcopy(eagle.config)
+        config.fusion = {"type": name, "options": fusion_class.check_options({}, config.vision_config)}
+        with torch.device("meta"):
+            model = EagleForConditionalGeneration(config)
+        model.model.vision_tower = eagle.model.vision_tower
+        model.model.language_model = eagle.model.language_model
+        model.lm_head = eagle.lm_head
+        torch.manual_seed(0)
+        with torch.device(parameter.device), default_dtype(parameter.dtype):
+            model.model.multi_modal_projector = fusion_class(config, eagle.model.vision_tower.expert_channels())
+        models[name] = model.eval().requires_grad_(False)
+    return models
+
+
+def measure_fusions(models: Models, settings: Settings, device: torch.device, dtype: torch.dtype) -> list[dict]:
+    """The cost side of each fusion strategy (one request, default options): tower + fusion time (what
+    ``get_image_features`` runs), image tokens per image, and the prefill (one forward over the prompt with its
+    image tokens), all in the same rounds. At most 10 repeats: the rows compare strategies, not the bars' figures."""
+    pixels = make_inputs(models, 1, device, dtype).eagle["pixel_values"]
+    fns, tokens, parameters = {}, {}, {}
+    for name, model in fusion_models(models.eagle).items():
+        config = model.config
+        ids = prompt_ids(config.image_seq_length, config.image_token_id, config.text_config.vocab_size, 1).to(device)
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels}
+        fns[f"vision:{name}"] = partial(model.model.get_image_features, pixels)
+        fns[f"prefill:{name}"] = partial(model, **inputs, use_cache=False)
+        tokens[name] = config.image_seq_length
+        parameters[name] = sum(p.numel() for p in model.model.multi_modal_projector.parameters())
+    with torch.inference_mode():
+        times = time_interleaved(fns, min(settings.repeats, 10), settings.warmup, device)
+    return [
+        {
+            "fusion": name,
+            "tokens_per_image": tokens[name],
+            "tower_fusion_ms": ms(times.median(f"vision:{name}")),
+            "prefill_ms": ms(times.median(f"prefill:{name}")),
+            "fusion_parameters_millions": round(parameters[name] / 1e6, 3),
+        }
+        for name in tokens
+    ]
+
+
 def run_benchmark(settings: Settings) -> dict:
     """Every measurement of ``eagle bench``; returns the JSON-ready results with ``bars``."""
     import transformers
@@ -1120,6 +1175,8 @@ def run_benchmark(settings: Settings) -> dict:
     pixels = make_inputs(models, 1, device, dtype).eagle["pixel_values"]
     measured = measure_fast_path(models.eagle.model.vision_tower, pixels, settings, device)
     results["fast_path"] = summarize_fast_path(measured, results["flops"], peak_tflops(device, dtype))
+    logger.info("bench: fusion strategies")
+    results["fusions"] = measure_fusions(models, settings, device, dtype)
     del models
     logger.info("bench: training steps")
     results["training"] = measure_training(settings)
@@ -1166,12 +1223,29 @@ def format_table(results: dict) -> str:
     if results.get("fast_path"):
         lines += fast_path_lines(results["fast_path"])
     lines += inference_lines(results)
+    if results.get("fusions"):
+        lines += fusion_lines(results["fusions"])
     lines += training_lines(results["training"])
     if results.get("serving"):
         lines += serving_lines(results["serving"])
     lines += bar_lines(results["bars"])
     lines.append(f"\n{results['wall_s']} s")
     return "\n".join(lines)
+
+
+def fusion_lines(fusions: list[dict]) -> list[str]:
+    rows = [
+        [
+            row["fusion"],
+            row["tokens_per_image"],
+            cell(row["tower_fusion_ms"], 3),
+            cell(row["prefill_ms"], 3),
+            cell(row["fusion_parameters_millions"], 3),
+        ]
+        for row in fusions
+    ]
+    header = ["fusion", "tokens/image", "tower+fusion ms", "prefill ms", "fusion params (M)"]
+    return table("fusion strategies (one request, default options)", header, rows)
 
 
 def vision_lines(results: dict) -> list[str]:

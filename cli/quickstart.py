@@ -3,6 +3,8 @@
 from eagle_hub.training.quickstart import Budget
 from eagle_hub.training.synth import SCENES
 
+from .common import UserError
+
 BUDGET_HELP = {
     "n_images": "synthetic images",
     "prealign_steps": "steps per expert in stage 1",
@@ -25,6 +27,11 @@ def add_parser(commands) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for data and training (default 0)")
     parser.add_argument("--ablate", action="store_true", help="also train single-expert and no-pre-alignment variants")
     parser.add_argument(
+        "--fusions",
+        help="also train one variant per fusion strategy on the same data and budget and compare them: "
+        "comma-separated names (channel_concat, sequence_append, cross_attention) or `all`",
+    )
+    parser.add_argument(
         "--scene",
         choices=SCENES,
         default="uniform",
@@ -38,9 +45,25 @@ def add_parser(commands) -> None:
     parser.set_defaults(run=run)
 
 
+def fusion_names(value: str | None) -> list[str]:
+    from eagle_hub.modeling_eagle.modeling_eagle import FUSION_CLASSES
+
+    if not value:
+        return []
+    names = list(FUSION_CLASSES) if value == "all" else [name.strip() for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in FUSION_CLASSES]
+    if unknown or not names:
+        choices = ", ".join(FUSION_CLASSES)
+        raise UserError(f"--fusions {value}: unknown fusion(s) {unknown}; give `all` or names from {choices}")
+    return names
+
+
 def run(args) -> None:
     from eagle_hub.training.quickstart import format_report, quickstart
 
     chosen = {field: getattr(args, field) for field in BUDGET_HELP if getattr(args, field) is not None}
-    report = quickstart(args.output, seed=args.seed, budget=Budget(**chosen), ablate=args.ablate, scene=args.scene)
+    fusions = fusion_names(args.fusions)
+    report = quickstart(
+        args.output, seed=args.seed, budget=Budget(**chosen), ablate=args.ablate, scene=args.scene, fusions=fusions
+    )
     print(format_report(report))

@@ -464,6 +464,8 @@ def build_card(
         datasets=_datasets(training) or None,
         eval_results=eval_results or None,
     )
+    from eagle_hub.modeling_eagle.fusions import FUSION_CLASSES
+
     rows = _expert_rows(config, counts)
     parts_table = _md_table(
         ["part", "parameters"],
@@ -493,6 +495,15 @@ def build_card(
         grid=grid,
         channels=sum(row["channels"] for row in rows),
         projector_type=config.projector_type,
+        fusion=config.fusion["type"],
+        fusion_options=_fusion_options(config.fusion),
+        fusion_sentence=FUSION_CLASSES[config.fusion["type"]].summary.format(
+            grid=grid,
+            channels=sum(row["channels"] for row in rows),
+            tokens=config.image_seq_length,
+            projector_type=config.projector_type,
+        ),
+        image_tokens=config.image_seq_length,
         released_processor=processor_mode == "released",
         provenance=" ".join(provenance),
         experts_table=experts_table,
@@ -505,6 +516,11 @@ def build_card(
         training_section=_training_section(training, source),
         eval_section=_eval_section(eval_results),
     )
+
+
+def _fusion_options(fusion: dict) -> str:
+    options = {key: value for key, value in fusion["options"].items() if value is not None}
+    return " (" + ", ".join(f"{key} {value}" for key, value in options.items()) + ")" if options else ""
 
 
 def _processor_mode(folder: Path) -> str | None:

@@ -10,6 +10,8 @@ import copy
 
 from transformers import AutoConfig, PretrainedConfig
 
+from .fusions import DEFAULT_FUSION, FUSION_CLASSES
+
 EXPERT_TYPES = ("clip", "convnext", "sam", "eva02", "pix2struct", "dinov2")
 # Experts fed flattened patches (made by the processor) instead of an image tensor.
 PATCH_EXPERT_TYPES = ("pix2struct",)
@@ -127,6 +129,23 @@ def _check(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def check_fusion(fusion, vision_config) -> dict:
+    """The ``fusion`` entry as ``{"type": name, "options": {...}}`` with the strategy's defaults filled in; ``None``
+    (what configs written before fusion strategies existed hold) is ``channel_concat``, and a bare name is that
+    strategy with its default options."""
+    if fusion is None:
+        fusion = DEFAULT_FUSION
+    if isinstance(fusion, str):
+        fusion = {"type": fusion}
+    _check(isinstance(fusion, dict), f"fusion must be a strategy name or a dict, got {type(fusion).__name__}")
+    unknown = sorted(set(fusion) - {"type", "options"})
+    _check(not unknown, f"fusion has unknown key(s) {unknown}; it takes type and options")
+    name = fusion.get("type")
+    _check(name in FUSION_CLASSES, f"fusion.type is {name!r}; choose one of {', '.join(FUSION_CLASSES)}")
+    options = FUSION_CLASSES[name].check_options(copy.deepcopy(fusion.get("options") or {}), vision_config)
+    return {"type": name, "options": options}
+
+
 def as_three_floats(value, where: str) -> list[float]:
     ok = isinstance(value, (list, tuple)) and len(value) == 3
     _check(
@@ -242,6 +261,12 @@ class EagleConfig(PretrainedConfig):
         image_token_id (`int`, *optional*, defaults to 32000): id of the image placeholder token in the vocabulary.
         projector_type (`str`, *optional*, defaults to `"mlp2x_gelu"`):
             `mlp2x_gelu` (Linear, GELU, Linear) or `linear`.
+        fusion (`dict` or `str`, *optional*, defaults to `channel_concat`):
+            How the experts' maps become image tokens: `{"type": name, "options": {...}}` (or just the name).
+            `channel_concat` (the released layout: channels concatenated on the shared grid, one projector),
+            `sequence_append` (each expert's tokens through its own projector, one expert after another; option
+            `grid_size`) or `cross_attention` (Mini-Gemini's patch-info mining: the first expert's tokens attend to
+            the others' matching windows; options `window`, `heads`).
     """
 
     model_type = "eagle"
@@ -254,6 +279,7 @@ class EagleConfig(PretrainedConfig):
         text_config=None,
         image_token_id=DEFAULT_IMAGE_TOKEN_ID,
         projector_type="mlp2x_gelu",
+        fusion=None,
         tie_word_embeddings=False,
         **kwargs,
     ):
@@ -274,6 +300,7 @@ class EagleConfig(PretrainedConfig):
         self.text_config = text_config
         self.image_token_id = image_token_id
         self.projector_type = projector_type
+        self.fusion = check_fusion(fusion, vision_config)
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
         for key, limit in TEXT_LIMITS.items():
             value = getattr(text_config, key, None)
@@ -290,5 +317,5 @@ class EagleConfig(PretrainedConfig):
 
     @property
     def image_seq_length(self) -> int:
-        """Tokens one image occupies in the prompt."""
-        return self.vision_config.grid_size**2
+        """Tokens one image occupies in the prompt: the fusion strategy's count."""
+        return FUSION_CLASSES[self.fusion["type"]].num_image_tokens(self)

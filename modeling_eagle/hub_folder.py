@@ -29,7 +29,8 @@ logger = logging.get_logger(__name__)
 
 
 def build_processor(config: EagleConfig, tokenizer, chat_template: str = "vicuna_v1", mode: str = "per_expert"):
-    """An ``EagleProcessor`` matching ``config``: one image-processor entry per expert, the grid's token count."""
+    """An ``EagleProcessor`` matching ``config``: one image-processor entry per expert, and the fusion strategy's
+    token count per image (``config.image_seq_length``)."""
     template = CHAT_TEMPLATES.get(chat_template, chat_template)
     image_processor = EagleImageProcessor.from_vision_experts(config.vision_config.experts, mode=mode)
     # Left padding for batched generation (saved with the tokenizer); TRL's collator asks for right padding itself.
@@ -135,13 +136,27 @@ def save_folder(
     return Path(output_dir)
 
 
-def init_folder(preset: str, output_dir, *, config_only: bool = False, seed: int = 0, overwrite: bool = False):
-    """A randomly initialised, Hub-ready folder for a preset, with a tokenizer built on this machine."""
+def init_folder(
+    preset: str,
+    output_dir,
+    *,
+    config_only: bool = False,
+    seed: int = 0,
+    overwrite: bool = False,
+    fusion: str | dict | None = None,
+):
+    """A randomly initialised, Hub-ready folder for a preset, with a tokenizer built on this machine; ``fusion`` (a
+    strategy name or ``{"type", "options"}``) replaces the default ``channel_concat``."""
     from .presets import eagle_config
 
     tokenizer = build_tokenizer()
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
-    config = eagle_config(preset, image_token_id=image_token_id, vocab_size=vocab_size_for(preset, len(tokenizer)))
+    config = eagle_config(
+        preset,
+        image_token_id=image_token_id,
+        vocab_size=vocab_size_for(preset, len(tokenizer)),
+        **({"fusion": fusion} if fusion is not None else {}),
+    )
     processor = build_processor(config, tokenizer)
     model = None
     if not config_only:

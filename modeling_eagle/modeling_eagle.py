@@ -14,7 +14,6 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel, modeling_outputs
-from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.processing_utils import Unpack
@@ -28,6 +27,8 @@ from .expert_dinov2 import Dinov2Expert
 from .expert_eva02 import Eva02Expert
 from .expert_pix2struct import Pix2StructExpert
 from .expert_sam import SamExpert
+from .fusion import EagleMultiModalProjector, Fusion
+from .fusions import FUSION_CLASSES
 from .vision_expert import VisionExpert
 
 logger = logging.get_logger(__name__)
@@ -94,8 +95,9 @@ def merge_expert_inputs(pixel_values):
 class EagleVisionTowerOutput(ModelOutput):
     """What the mixture computes; every per-expert field is a dict keyed by expert name, in config order.
 
-    - ``last_hidden_state``: (B, grid**2, sum of expert channels), experts concatenated in config order.
-    - ``expert_features``: with ``return_expert_features``, each expert's (B, grid**2, C_e) map on the grid.
+    - ``last_hidden_state``: (B, grid**2, sum of expert channels), experts concatenated in config order; ``None``
+      when ``grid_sizes`` put the experts on grids of different sides (as the ``cross_attention`` fusion does).
+    - ``expert_features``: with ``return_expert_features``, each expert's (B, side**2, C_e) map on its grid.
     - ``hidden_states``: with ``output_hidden_states``, each expert's tuple of hidden states: its first block's input,
       then every block's output (``num_hidden_layers + 1`` for the transformer experts, one per ConvNeXt block
       plus one), each in the expert's own layout ((B, N, C) for CLIP and Pix2Struct, (B, H, W, C) for SAM and
@@ -113,8 +115,9 @@ class EagleVisionTowerOutput(ModelOutput):
 @dataclass
 class EagleImageFeaturesOutput(BaseModelOutputWithPooling):
     """``get_image_features``' output: the tower's outputs (see ``EagleVisionTowerOutput``, including the per-expert
-    ``hidden_states`` and ``attentions`` dicts) and ``pooler_output``, a list with one (grid**2, text hidden size)
-    projected tensor per image: what the language model receives in the image tokens' places."""
+    ``hidden_states`` and ``attentions`` dicts) and ``pooler_output``, a list with one (``config.image_seq_length``,
+    text hidden size) tensor per image, made by the fusion strategy: what the language model receives in the image
+    tokens' places."""
 
     expert_features: dict[str, torch.FloatTensor] | None = None
 
@@ -332,13 +335,14 @@ class EagleVisionTower(EaglePreTrainedModel):
     def hidden_size(self) -> int:
         return sum(self.expert_channels().values())
 
-    def to_grid(self, feature_map: torch.Tensor, pixel_unshuffle: int) -> torch.Tensor:
-        """(B, C, h, w) -> (B, grid**2, C * pixel_unshuffle**2)."""
+    def to_grid(self, feature_map: torch.Tensor, pixel_unshuffle: int, grid_size: int | None = None) -> torch.Tensor:
+        """(B, C, h, w) -> (B, side**2, C * pixel_unshuffle**2), on the shared grid unless ``grid_size`` says."""
+        side = grid_size or self.grid_size
         if pixel_unshuffle > 1:
             feature_map = nn.functional.pixel_unshuffle(feature_map, pixel_unshuffle)
-        if tuple(feature_map.shape[-2:]) != (self.grid_size, self.grid_size):
+        if tuple(feature_map.shape[-2:]) != (side, side):
             feature_map = nn.functional.interpolate(
-                feature_map.float(), size=(self.grid_size, self.grid_size), mode="bilinear", align_corners=True
+                feature_map.float(), size=(side, side), mode="bilinear", align_corners=True
             ).to(feature_map.dtype)
         return feature_map.flatten(2).transpose(1, 2)
 
@@ -366,8 +370,11 @@ class EagleVisionTower(EaglePreTrainedModel):
         return_expert_features: bool = False,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
+        grid_sizes: dict[str, int] | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> EagleVisionTowerOutput:
+        """``grid_sizes`` (expert name -> side) brings those experts' maps to other grids than the shared one: what a
+        fusion strategy asks for (``Fusion.expert_grid_sizes``)."""
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         if output_attentions is None:
@@ -387,13 +394,14 @@ class EagleVisionTower(EaglePreTrainedModel):
                 feature_map = self.run_expert(
                     name, pixels, use_fast_path=not (output_hidden_states or output_attentions)
                 )
-                grid = self.to_grid(feature_map, vision_expert.spec["pixel_unshuffle"])
+                grid = self.to_grid(feature_map, vision_expert.spec["pixel_unshuffle"], (grid_sizes or {}).get(name))
             # Under a device_map the experts may sit on different devices; the fused map lives with the first.
             device = device or grid.device
             on_grid[name] = grid.to(device)
             hidden_states[name] = tuple(record["hidden_states"])
             attentions[name] = tuple(record["attentions"])
-        fused = torch.cat(list(on_grid.values()), dim=-1)
+        sides = {grid.shape[1] for grid in on_grid.values()}
+        fused = torch.cat(list(on_grid.values()), dim=-1) if len(sides) == 1 else None
         return EagleVisionTowerOutput(
             last_hidden_state=fused,
             expert_features=on_grid if return_expert_features else None,
@@ -402,31 +410,15 @@ class EagleVisionTower(EaglePreTrainedModel):
         )
 
 
-class EagleMultiModalProjector(nn.Module):
-    """``mlp2x_gelu``: Linear -> GELU (exact) -> Linear, as the released checkpoints; ``linear``: one Linear."""
-
-    def __init__(self, in_features: int, out_features: int, projector_type: str = "mlp2x_gelu"):
-        super().__init__()
-        self.projector_type = projector_type
-        self.linear_1 = nn.Linear(in_features, out_features)
-        if projector_type == "mlp2x_gelu":
-            self.act = ACT2FN["gelu"]
-            self.linear_2 = nn.Linear(out_features, out_features)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        hidden = self.linear_1(features)
-        if self.projector_type == "mlp2x_gelu":
-            hidden = self.linear_2(self.act(hidden))
-        return hidden
-
-
 class EagleModel(EaglePreTrainedModel):
     def __init__(self, config: EagleConfig):
         super().__init__(config)
         self.vision_tower = EagleVisionTower(config.vision_config)
-        self.multi_modal_projector = EagleMultiModalProjector(
-            self.vision_tower.hidden_size, config.text_config.hidden_size, config.projector_type
-        )
+        # The fusion strategy's module, under the released projector's name whatever the strategy: channel_concat
+        # keeps the released checkpoints' keys, and every strategy's weights count, train and save as the projector.
+        fusion_class = FUSION_CLASSES[config.fusion["type"]]
+        self.multi_modal_projector = fusion_class(config, self.vision_tower.expert_channels())
+        self.expert_grid_sizes = fusion_class.expert_grid_sizes(config)
         self.language_model = AutoModel.from_config(config.text_config)
         self.post_init()
 
@@ -445,25 +437,25 @@ class EagleModel(EaglePreTrainedModel):
         output_attentions: bool | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> EagleImageFeaturesOutput:
-        """Tower + projector. ``pooler_output`` is a list with one (grid**2, hidden) tensor per image; the mixture's
-        per-expert hidden states and attention maps come as dicts keyed by expert name (``EagleVisionTowerOutput``).
-        ``output_hidden_states``/``output_attentions`` default to the vision config's."""
+        """Tower + fusion. ``pooler_output`` is a list with one (``config.image_seq_length``, hidden) tensor per image;
+        the mixture's per-expert hidden states and attention maps come as dicts keyed by expert name
+        (``EagleVisionTowerOutput``). ``output_hidden_states``/``output_attentions`` default to the vision config's."""
         tower = self.vision_tower(
             pixel_values,
-            return_expert_features=return_expert_features,
+            return_expert_features=True,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
+            grid_sizes=self.expert_grid_sizes,
             return_dict=True,
         )
-        projected = self.multi_modal_projector(
-            tower.last_hidden_state.to(self.multi_modal_projector.linear_1.weight.dtype)
-        )
+        fusion = self.multi_modal_projector
+        projected = fusion({name: grid.to(fusion.dtype) for name, grid in tower.expert_features.items()})
         return EagleImageFeaturesOutput(
             last_hidden_state=tower.last_hidden_state,
             pooler_output=list(projected),
             hidden_states=tower.hidden_states,
             attentions=tower.attentions,
-            expert_features=tower.expert_features,
+            expert_features=tower.expert_features if return_expert_features else None,
         )
 
     def image_token_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
@@ -583,7 +575,7 @@ class EagleForConditionalGeneration(EaglePreTrainedModel, GenerationMixin):
         return self.model.vision_tower
 
     @property
-    def multi_modal_projector(self) -> EagleMultiModalProjector:
+    def multi_modal_projector(self) -> Fusion:
         return self.model.multi_modal_projector
 
     @property
@@ -689,7 +681,9 @@ class EagleForConditionalGeneration(EaglePreTrainedModel, GenerationMixin):
 
 
 __all__ = [
+    "FUSION_CLASSES",
     "QUANTIZATION_SKIP_MODULES",
+    "EagleMultiModalProjector",
     "EagleForConditionalGeneration",
     "EagleImageFeaturesOutput",
     "EagleModel",

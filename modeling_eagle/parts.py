@@ -13,6 +13,8 @@ def part_of(name: str) -> str:
         return "lora"
     if EXPERTS in name:
         return "expert:" + name.split(EXPERTS, 1)[1].split(".", 1)[0]
+    # Every fusion strategy's module sits at ``multi_modal_projector`` (its cross-attention, per-expert projectors,
+    # ...): it is the projector's part, trained and given the projector's learning rate with it.
     if "multi_modal_projector" in name:
         return "projector"
     if "language_model." in name or "lm_head" in name:

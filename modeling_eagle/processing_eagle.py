@@ -1,8 +1,8 @@
 """EagleProcessor: the tokenizer and the per-expert image processor, and image-token expansion.
 
-Each ``<image>`` in the text becomes ``grid_size**2`` image tokens (``num_image_tokens``), one per position of
-the fused grid, before tokenisation; the model scatters the projected image features into exactly those
-positions.
+Each ``<image>`` in the text becomes ``num_image_tokens`` image tokens before tokenisation: the model config's
+``image_seq_length``, which its fusion strategy decides (``grid_size**2`` for the default ``channel_concat``, one per
+position of the fused grid); the model scatters the fused image features into exactly those positions.
 """
 
 from transformers import BatchFeature, ProcessorMixin

@@ -606,7 +606,8 @@ def test_eagle_bench_small_quick_writes_every_figure_and_bar(tmp_path, capsys):
         > 10 * (results["training"]["eagle"]["stage2"]["trainable_parameters"])
     )
     bars = results["bars"]
-    assert set(bars) == {*BAR_NAMES, "vision_tower_no_sync"}
+    serving = {"serving_overhead"} if results.get("serving") else set()  # where the serve extra is installed
+    assert set(bars) == {*BAR_NAMES, "vision_tower_no_sync", *serving}
     for name in BAR_NAMES:
         assert isinstance(bars[name]["measured"], float) and bars[name]["measured"] > 0, name
         assert bars[name]["comparison"] in ("<=", ">=") and isinstance(bars[name]["pass"], bool), name
@@ -617,6 +618,13 @@ def test_eagle_bench_small_quick_writes_every_figure_and_bar(tmp_path, capsys):
     for name in [*experts, "tower"]:
         for key in ("eager_ms", "compiled_ms", "compile_s", "eager_tflops_per_s", "compiled_tflops_per_s"):
             assert fast_path[name][key] > 0, (name, key)
+    # The fusion strategies' cost side: a row each, printed and in the JSON.
+    fusions = {row["fusion"]: row for row in results["fusions"]}
+    assert list(fusions) == ["channel_concat", "sequence_append", "cross_attention"]
+    assert fusions["sequence_append"]["tokens_per_image"] == 5 * fusions["channel_concat"]["tokens_per_image"]
+    for row in fusions.values():
+        assert row["tower_fusion_ms"] > 0 and row["prefill_ms"] > 0 and row["fusion_parameters_millions"] > 0
+    assert "fusion strategies" in printed and "cross_attention" in printed
 
 
 def test_no_sync_check_catches_cpu_tensors_fed_to_device_ops(monkeypatch):

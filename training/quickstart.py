@@ -4,7 +4,8 @@ Synthetic visual questions (``training.synth``), the three stages with the same 
 exact-match accuracy per question type, a Hub-ready folder with ``eval_results.json`` and a model card, then a
 fresh process that loads the folder with ``trust_remote_code`` (the package blocked) and answers through
 ``pipeline("image-text-to-text")``. ``ablate=True`` also trains single-expert and no-pre-alignment variants on the
-same data and budget.
+same data and budget; ``fusions`` trains one variant per named fusion strategy (the quickstart itself is
+``channel_concat``) on the same data and budget.
 """
 
 import json
@@ -60,8 +61,11 @@ class Budget:
 ANSWERS = (*WORDS, *COLOURS, *SHAPES, "1", "2", "3", "left", "right")
 
 
-def quickstart_recipe(data_root: str, seed: int, budget: Budget, experts=None, prealign: bool = True) -> dict:
-    """The quickstart's recipe; ``data_root`` is relative to the folder the recipe file is written to."""
+def quickstart_recipe(
+    data_root: str, seed: int, budget: Budget, experts=None, prealign: bool = True, fusion: str | None = None
+) -> dict:
+    """The quickstart's recipe; ``data_root`` is relative to the folder the recipe file is written to. ``fusion``
+    names a fusion strategy other than the default ``channel_concat``."""
     corpus = [f"ASSISTANT: {answer}" for answer in ANSWERS]
     model = {
         "preset": "eagle-x5-small",
@@ -69,8 +73,11 @@ def quickstart_recipe(data_root: str, seed: int, budget: Budget, experts=None, p
         "chat_template": "vicuna_v1_no_system",
         "zero_query_init": True,
     }
-    if experts:
-        model["overrides"] = {"experts": list(experts)}
+    overrides = {"experts": list(experts)} if experts else {}
+    if fusion:
+        overrides["fusion"] = fusion
+    if overrides:
+        model["overrides"] = overrides
     common = {
         "batch_size": budget.batch_size,
         "schedule": "cosine",
@@ -225,14 +232,18 @@ def quickstart(
     budget: Budget | None = None,
     ablate: bool = False,
     scene: str = "uniform",
+    fusions=(),
 ) -> dict:
     """Run the whole quickstart into ``output``; returns accuracies, timings and the sample answers. ``scene`` is
-    ``training.synth``'s: ``"uniform"`` (the default) or the harder ``"mixed"``."""
+    ``training.synth``'s: ``"uniform"`` (the default) or the harder ``"mixed"``. ``fusions`` (strategy names) adds
+    ``report["fusion_ablation"]``: per strategy, held-out accuracy and image tokens per image."""
     from datasets import load_from_disk
 
     from eagle_hub.hub_cards.model_card import write_model_card
 
     budget = budget or Budget()
+    fusions = list(dict.fromkeys(fusions))
+    check_fusions(fusions)
     output = Path(output)
     if output.exists() and any(output.iterdir()):
         raise FileExistsError(f"{output} is not empty; choose another --output or remove it")
@@ -281,8 +292,36 @@ def quickstart(
             recipe = write_recipe(run.with_suffix(".yaml"), quickstart_recipe("../data", seed, budget, **change))
             folder = train_variant(recipe, run)
             report["ablation"][label] = evaluate(folder, heldout)
+    if fusions:
+        report["fusion_ablation"] = fusion_ablation(output, heldout, seed, budget, fusions, accuracy)
     (output / "quickstart.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def check_fusions(fusions) -> None:
+    """Refuse unknown strategy names before any data is made."""
+    from eagle_hub.modeling_eagle.modeling_eagle import FUSION_CLASSES
+
+    unknown = [name for name in fusions if name not in FUSION_CLASSES]
+    if unknown:
+        raise ValueError(f"unknown fusion(s) {unknown} (--fusions); choose from {', '.join(FUSION_CLASSES)}")
+
+
+def fusion_ablation(output: Path, heldout, seed: int, budget: Budget, fusions, quickstart_accuracy: dict) -> dict:
+    """One run of the quickstart's recipe per fusion strategy, on the same data, budget and seed; the quickstart's
+    own run is the ``channel_concat`` one."""
+    results = {}
+    for name in fusions:
+        run = output / "fusion-ablation" / name
+        if name == "channel_concat":
+            accuracy, folder = quickstart_accuracy, output / "model"
+        else:
+            recipe = write_recipe(run.with_suffix(".yaml"), quickstart_recipe("../data", seed, budget, fusion=name))
+            folder = train_variant(recipe, run)
+            accuracy = evaluate(folder, heldout)
+        tokens = json.loads((folder / "processor_config.json").read_text()).get("num_image_tokens")
+        results[name] = {"accuracy": accuracy, "image_tokens": tokens}
+    return results
 
 
 def format_report(report: dict) -> str:
@@ -298,4 +337,9 @@ def format_report(report: dict) -> str:
         lines.append(f"{'variant':<34}" + "".join(f"{k:>10}" for k in kinds))
         for label, accuracy in report["ablation"].items():
             lines.append(f"{label:<34}" + "".join(f"{accuracy[k]['accuracy']:>10.1%}" for k in kinds))
+    if "fusion_ablation" in report:
+        lines.append(f"{'fusion':<22}{'tokens/image':>12}" + "".join(f"{k:>10}" for k in kinds))
+        for name, entry in report["fusion_ablation"].items():
+            scores = "".join(f"{entry['accuracy'][k]['accuracy']:>10.1%}" for k in kinds)
+            lines.append(f"{name:<22}{entry['image_tokens'] or '-':>12}" + scores)
     return "\n".join(lines)

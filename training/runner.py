@@ -26,7 +26,7 @@ from trl import SFTConfig
 
 from eagle_hub.hub_cards.model_card import TRAINING_FILE, write_model_card
 from eagle_hub.modeling_eagle.hub_folder import build_processor, save_folder
-from eagle_hub.modeling_eagle.modeling_eagle import EagleForConditionalGeneration, EagleMultiModalProjector
+from eagle_hub.modeling_eagle.modeling_eagle import FUSION_CLASSES, EagleForConditionalGeneration
 from eagle_hub.processing.locations import is_hub_id
 
 from .callbacks import FrozenWeightsCallback, StageSummaryCallback, TrainableParametersCallback
@@ -231,9 +231,13 @@ def training_record(recipe: Recipe, summaries: dict | None = None, upto: str | N
 
 
 def single_expert_model(model: EagleForConditionalGeneration, name: str, seed: int) -> EagleForConditionalGeneration:
-    """A one-expert Eagle sharing ``name``'s expert, the LLM and the head with ``model``; its projector is new."""
+    """A one-expert Eagle sharing ``name``'s expert, the LLM and the head with ``model``; its projector is new.
+
+    Whatever ``model``'s fusion, the expert pre-aligns through a plain projector (``channel_concat`` of one expert):
+    the strategies differ in how experts meet, and pre-alignment sees one expert at a time."""
     config = copy.deepcopy(model.config)
     config.vision_config.experts = [s for s in config.vision_config.experts if s["name"] == name]
+    config.fusion = {"type": "channel_concat", "options": {}}
     with torch.device("meta"):
         single = EagleForConditionalGeneration(config)
     single.model.vision_tower.experts[name] = model.model.vision_tower.experts[name]
@@ -242,9 +246,9 @@ def single_expert_model(model: EagleForConditionalGeneration, name: str, seed: i
     tower = single.model.vision_tower
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        single.model.multi_modal_projector = EagleMultiModalProjector(
-            tower.hidden_size, config.text_config.hidden_size, config.projector_type
-        ).to(model.dtype)
+        single.model.multi_modal_projector = FUSION_CLASSES["channel_concat"](config, tower.expert_channels()).to(
+            model.dtype
+        )
     return single
 
 
@@ -300,14 +304,11 @@ def prealign(run: Run, stage: Stage) -> tuple[EagleForConditionalGeneration, dic
             single, single_processor, expert_stage, run.dataset(stage), checkpoints, recipe, run.resume
         )
         save_stage_folder(expert_dir, single_processor, single)
-    # The fused projector of the next stage starts fresh, as in the paper's recipe: the per-expert projectors of
-    # pre-alignment are discarded.
-    fused = model.model.multi_modal_projector
+    # The fused projector (the fusion strategy's module) of the next stage starts fresh, as in the paper's recipe:
+    # the per-expert projectors of pre-alignment are discarded.
     with torch.random.fork_rng():
         torch.manual_seed(recipe.seed)
-        for layer in (fused.linear_1, getattr(fused, "linear_2", None)):
-            if layer is not None:
-                layer.reset_parameters()
+        model.model.multi_modal_projector.reset_parameters()
     return model, summaries, {"experts": experts_dir}
 
 
