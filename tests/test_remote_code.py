@@ -14,7 +14,9 @@ from eagle_hub.hub_cards.fresh_process import run_without_package
 
 HERE = Path(__file__).resolve().parent
 DECLARED = {"torch", "transformers", "safetensors", "huggingface_hub", "numpy", "PIL", "tokenizers"}
+# threading: the image loader's lock around Pillow's process-wide truncated-image setting (no I/O of its own).
 STDLIB_ALLOWED = {"math", "copy", "contextlib", "dataclasses", "typing", "collections", "functools", "itertools"}
+STDLIB_ALLOWED.add("threading")
 FORBIDDEN_CALLS = {"eval", "exec", "open", "compile", "__import__"}
 FORBIDDEN_MODULES = {"subprocess", "socket", "urllib", "requests", "httpx", "os", "shutil", "pathlib", "pickle"}
 
