@@ -30,10 +30,6 @@ class ClipExpert(VisionExpert):
         self.encoder = CLIPEncoder(self.config)
         self.set_attn_implementation(attn_implementation)
 
-    def set_attn_implementation(self, attn_implementation: str) -> None:
-        # The encoder's attention layers read the kernel from this (shared) config on every call.
-        self.config._attn_implementation = attn_implementation
-
     def block_modules(self) -> list[nn.Module]:
         return list(self.encoder.layers)
 

@@ -48,9 +48,6 @@ class ConvNextExpert(VisionExpert):
                 module.layer_scale_init_value = self.config.layer_scale_init_value
         self.channels_last = False
 
-    def set_attn_implementation(self, attn_implementation: str) -> None:
-        self.config._attn_implementation = attn_implementation
-
     def block_modules(self) -> list[nn.Module]:
         return [layer for stage in self.encoder.stages for layer in stage.layers]
 

@@ -49,10 +49,6 @@ class Dinov2Expert(VisionExpert):
                 module.layerscale_value = self.config.layerscale_value
         self.set_attn_implementation(attn_implementation)
 
-    def set_attn_implementation(self, attn_implementation: str) -> None:
-        # The layers' attention reads the kernel from this (shared) config on every call.
-        self.config._attn_implementation = attn_implementation
-
     def block_modules(self) -> list[nn.Module]:
         return list(self.encoder.layer)
 

@@ -37,10 +37,6 @@ class Pix2StructExpert(VisionExpert):
         self.layernorm = Pix2StructLayerNorm(self.config.hidden_size, eps=self.config.layer_norm_eps)
         self.set_attn_implementation(attn_implementation)
 
-    def set_attn_implementation(self, attn_implementation: str) -> None:
-        # The encoder's attention layers read the kernel from this (shared) config on every call.
-        self.config._attn_implementation = attn_implementation
-
     def block_modules(self) -> list[nn.Module]:
         return list(self.encoder.layer)
 

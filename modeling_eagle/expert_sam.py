@@ -96,10 +96,6 @@ class SamExpert(VisionExpert):
         )
         self.neck = SamShortNeck(config.hidden_size, config.output_channels)
 
-    def set_attn_implementation(self, attn_implementation: str) -> None:
-        # The attention layers read the kernel from this (shared) config on every call.
-        self.config._attn_implementation = attn_implementation
-
     def block_modules(self) -> list[nn.Module]:
         return list(self.layers)
 

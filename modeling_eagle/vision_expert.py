@@ -35,7 +35,11 @@ class VisionExpert(nn.Module):
 
     def set_attn_implementation(self, attn_implementation: str) -> None:
         """Run attention with this kernel from now on (``"eager"``, ``"sdpa"``, or one the flags above allow).
-        The tower calls it whenever the vision config's implementation changes; experts without attention ignore it."""
+        The tower calls it whenever the vision config's implementation changes. Experts built from transformers'
+        modules keep their transformers config in ``self.config``, whose kernel those modules read on every call."""
+        config = getattr(self, "config", None)
+        if config is not None:
+            config._attn_implementation = attn_implementation
 
     def block_modules(self) -> list[nn.Module]:
         """The expert's blocks in order. Its hidden states (``output_hidden_states``) are the first block's input and

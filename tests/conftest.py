@@ -111,6 +111,26 @@ def saved_folder(tmp_path_factory, model, processor):
     return path
 
 
+def load_remotely(folder: Path, work: Path) -> dict:
+    """Run tests/remote_load.py on ``folder`` in a fresh process that cannot import this package (offline, its own
+    HF_HOME under ``work``) and return what it saved: classes, token ids, logits."""
+    import subprocess
+    import sys
+
+    out = work / f"{Path(folder).name}-remote.pt"
+    env = {**os.environ, "HF_HOME": str(work / "hf"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "remote_load.py"), str(folder), str(out)],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, (folder, run.stderr[-4000:])
+    return torch.load(out, weights_only=False)
+
+
 def pix2struct_patches(batch, max_patches, width=770, real=None, generator=None) -> torch.Tensor:
     """Random flattened patches with 1-based row/column ids on a ``isqrt(max_patches)``-wide grid for the first
     ``real`` rows (default: the whole square grid) and all-zero padding rows after them, as the processor makes."""

@@ -3,14 +3,11 @@ cross_attention, each through the model, the processor's token count, saving, re
 training stages, `eagle init --fusion`, the model card, `eagle bench` and the quickstart's fusion ablation."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import chat, make_image, tiny_config, tiny_model
+from conftest import chat, load_remotely, make_image, tiny_config, tiny_model
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
@@ -100,18 +97,7 @@ def test_fresh_process_without_package_loads_through_remote_code_and_pipeline(na
     model = tiny_model(tokenizer, fusion=name)
     processor = build_processor(model.config, tokenizer)
     folder = save_folder(tmp_path / name, processor, model=model)
-    out = tmp_path / "remote.pt"
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    run = subprocess.run(
-        [sys.executable, str(HERE / "remote_load.py"), str(folder), str(out)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-4000:]
-    remote = torch.load(out, weights_only=False)
+    remote = load_remotely(folder, tmp_path)
     assert (remote["input_ids"] == model.config.image_token_id).sum() == TOKENS[name]
     inputs = {"input_ids": remote["input_ids"], "attention_mask": torch.ones_like(remote["input_ids"])}
     messages = chat("What colour?")

@@ -2,17 +2,14 @@
 
 import ast
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
+from conftest import load_remotely
 
 import eagle_hub.modeling_eagle as modeling_eagle
 from eagle_hub.hub_cards.fresh_process import run_without_package
 
-HERE = Path(__file__).resolve().parent
 DECLARED = {"torch", "transformers", "safetensors", "huggingface_hub", "numpy", "PIL", "tokenizers"}
 # threading: the image loader's lock around Pillow's process-wide truncated-image setting (no I/O of its own).
 STDLIB_ALLOWED = {"math", "copy", "contextlib", "dataclasses", "typing", "collections", "functools", "itertools"}
@@ -38,18 +35,7 @@ def test_saved_folder_has_auto_map_and_remote_code(saved_folder):
 def test_fresh_process_without_package_loads_every_auto_class_with_identical_logits(
     saved_folder, model, processor, tmp_path
 ):
-    out = tmp_path / "remote.pt"
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    run = subprocess.run(
-        [sys.executable, str(HERE / "remote_load.py"), str(saved_folder), str(out)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-4000:]
-    remote = torch.load(out, weights_only=False)
+    remote = load_remotely(saved_folder, tmp_path)
     assert remote["config_class"] == "EagleConfig" and remote["processor_class"] == "EagleProcessor"
     assert remote["AutoModel.class"] == "EagleModel"
     assert remote["AutoModelForImageTextToText.class"] == "EagleForConditionalGeneration"

@@ -233,7 +233,7 @@ def test_the_published_search_tables_are_the_recorded_search():
     assert table in (ROOT / "docs" / "search-experts.md").read_text()
 
     readme = (ROOT / "README.md").read_text()
-    rows = re.findall(r"^\| (\d) \| (.*?) \|(.*?)\|$", readme.split("## Choosing the experts")[1], flags=re.M)
+    rows = re.findall(r"^\| (\d) \| (.*?) \|(.*?)\|$", readme.split("`eagle search-experts` reruns")[1], flags=re.M)
     assert [int(row[0]) for row in rows] == sorted({trial["round"] for trial in record["trials"]})
     for round_number, best, others in rows:
         trials = [trial for trial in record["trials"] if trial["round"] == int(round_number)]
