@@ -400,7 +400,8 @@ class EagleVisionTower(EaglePreTrainedModel):
             on_grid[name] = grid.to(device)
             hidden_states[name] = tuple(record["hidden_states"])
             attentions[name] = tuple(record["attentions"])
-        sides = {grid.shape[1] for grid in on_grid.values()}
+        # Which grids match is known from the config: shapes traced by torch.export are symbolic and cannot be hashed.
+        sides = {(grid_sizes or {}).get(name) or self.grid_size for name in on_grid}
         fused = torch.cat(list(on_grid.values()), dim=-1) if len(sides) == 1 else None
         return EagleVisionTowerOutput(
             last_hidden_state=fused,
