@@ -334,23 +334,31 @@ class EagleLmms(lmms):
     def _bar(self, total: int, what: str):
         return tqdm(total=total, desc=f"eagle {what}", unit="request", disable=self.rank != 0)
 
-    def generate_until(self, requests) -> list[GenerationResult]:
-        items = [request.args for request in requests]
+    def _generate_all(self, items: list, settings_of, length_of, turn_of) -> list[GenerationResult]:
+        """Generate for every request, batched among requests with the same settings (``settings_of(args)``), by
+        ``length_of(args)``; ``turn_of(args)`` gives a request's prompt and images. Results in request order."""
         results: list[GenerationResult | None] = [None] * len(items)
         bar = self._bar(len(items), "generate")
-        for batch in _batches(items, lambda a: _settings_key(a[1]), lambda a: len(a[0]), self.batch_size):
+        for batch in _batches(items, lambda a: _settings_key(settings_of(a)), length_of, self.batch_size):
             prompts, images = [], []
             for index in batch:
-                context, _, doc_to_visual, doc_id, task, split = items[index]
-                visuals = self._images(doc_to_visual(self._doc(task, split, doc_id)) if doc_to_visual else [], task)
-                prompt, visuals = self._fitted_turn(context, visuals)
+                prompt, visuals = turn_of(items[index])
                 prompts.append(prompt)
                 images += visuals
-            for index, result in zip(batch, self._generate(prompts, images, items[batch[0]][1])):
+            for index, result in zip(batch, self._generate(prompts, images, settings_of(items[batch[0]]))):
                 results[index] = result
             bar.update(len(batch))
         bar.close()
         return results
+
+    def generate_until(self, requests) -> list[GenerationResult]:
+        def turn(args):
+            context, _, doc_to_visual, doc_id, task, split = args
+            visuals = self._images(doc_to_visual(self._doc(task, split, doc_id)) if doc_to_visual else [], task)
+            return self._fitted_turn(context, visuals)
+
+        items = [request.args for request in requests]
+        return self._generate_all(items, lambda a: a[1], lambda a: len(a[0]), turn)
 
     def generate_until_multi_round(self, requests) -> list[list[str]]:
         """Simple multi-round requests ``(context, gen_kwargs, doc_to_visual, doc_to_text, doc_id, task, split)``:
@@ -470,21 +478,13 @@ class EagleLmmsChat(EagleLmms):
         return conversation, images[:keep]
 
     def generate_until(self, requests) -> list[GenerationResult]:
+        def turn(args):
+            _, doc_to_messages, _, doc_id, task, split = args
+            conversation, visuals = self._from_messages(doc_to_messages(self._doc(task, split, doc_id)), task)
+            return self._prompt(conversation), visuals
+
         items = [request.args for request in requests]
-        results: list[GenerationResult | None] = [None] * len(items)
-        bar = self._bar(len(items), "generate")
-        for batch in _batches(items, lambda a: _settings_key(a[2]), lambda a: len(a[0] or ""), self.batch_size):
-            prompts, images = [], []
-            for index in batch:
-                _, doc_to_messages, _, doc_id, task, split = items[index]
-                conversation, visuals = self._from_messages(doc_to_messages(self._doc(task, split, doc_id)), task)
-                prompts.append(self._prompt(conversation))
-                images += visuals
-            for index, result in zip(batch, self._generate(prompts, images, items[batch[0]][2])):
-                results[index] = result
-            bar.update(len(batch))
-        bar.close()
-        return results
+        return self._generate_all(items, lambda a: a[2], lambda a: len(a[0] or ""), turn)
 
     def generate_until_multi_round(self, requests) -> list[list[str]]:
         """Each round's messages come from the task: ``doc_to_messages(doc)`` first, then ``doc_to_messages(doc,
