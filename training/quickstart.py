@@ -320,8 +320,19 @@ def fusion_ablation(output: Path, heldout, seed: int, budget: Budget, fusions, q
             folder = train_variant(recipe, run)
             accuracy = evaluate(folder, heldout)
         tokens = json.loads((folder / "processor_config.json").read_text()).get("num_image_tokens")
-        results[name] = {"accuracy": accuracy, "image_tokens": tokens}
+        run_summary = output / "run" / "summary.json" if name == "channel_concat" else run / "summary.json"
+        seconds = training_seconds(json.loads(run_summary.read_text()))
+        results[name] = {"accuracy": accuracy, "image_tokens": tokens, "training_seconds": seconds}
     return results
+
+
+def training_seconds(summaries: dict) -> float:
+    """The trainers' time over every stage of a run's ``summary.json`` (pre-alignment's per-expert runs included):
+    the cost a strategy adds in training, without data making, loading and evaluation, which are the same for all."""
+    total = 0.0
+    for summary in summaries.values():
+        total += summary["seconds"] if "seconds" in summary else sum(s["seconds"] for s in summary.values())
+    return total
 
 
 def format_report(report: dict) -> str:
@@ -338,8 +349,9 @@ def format_report(report: dict) -> str:
         for label, accuracy in report["ablation"].items():
             lines.append(f"{label:<34}" + "".join(f"{accuracy[k]['accuracy']:>10.1%}" for k in kinds))
     if "fusion_ablation" in report:
-        lines.append(f"{'fusion':<22}{'tokens/image':>12}" + "".join(f"{k:>10}" for k in kinds))
+        lines.append(f"{'fusion':<22}{'tokens/image':>12}{'train min':>10}" + "".join(f"{k:>10}" for k in kinds))
         for name, entry in report["fusion_ablation"].items():
             scores = "".join(f"{entry['accuracy'][k]['accuracy']:>10.1%}" for k in kinds)
-            lines.append(f"{name:<22}{entry['image_tokens'] or '-':>12}" + scores)
+            minutes = entry["training_seconds"] / 60
+            lines.append(f"{name:<22}{entry['image_tokens'] or '-':>12}{minutes:>10.1f}" + scores)
     return "\n".join(lines)
