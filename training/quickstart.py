@@ -312,16 +312,15 @@ def fusion_ablation(output: Path, heldout, seed: int, budget: Budget, fusions, q
     own run is the ``channel_concat`` one."""
     results = {}
     for name in fusions:
-        run = output / "fusion-ablation" / name
         if name == "channel_concat":
-            accuracy, folder = quickstart_accuracy, output / "model"
+            accuracy, folder, run = quickstart_accuracy, output / "model", output / "run"
         else:
+            run = output / "fusion-ablation" / name
             recipe = write_recipe(run.with_suffix(".yaml"), quickstart_recipe("../data", seed, budget, fusion=name))
             folder = train_variant(recipe, run)
             accuracy = evaluate(folder, heldout)
         tokens = json.loads((folder / "processor_config.json").read_text()).get("num_image_tokens")
-        run_summary = output / "run" / "summary.json" if name == "channel_concat" else run / "summary.json"
-        seconds = training_seconds(json.loads(run_summary.read_text()))
+        seconds = training_seconds(json.loads((run / "summary.json").read_text()))
         results[name] = {"accuracy": accuracy, "image_tokens": tokens, "training_seconds": seconds}
     return results
 
