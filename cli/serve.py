@@ -25,7 +25,7 @@ def add_parser(commands) -> None:
     parser.add_argument(
         "--continuous-batching",
         action="store_true",
-        help="ask for continuous batching; transformers 5.20-5.24 has it for text-only models alone, so Eagle falls "
+        help="ask for continuous batching; transformers' server has it for text-only models alone, so Eagle falls "
         "back to one generation at a time (first come, first served), as without the flag",
     )
     parser.add_argument(

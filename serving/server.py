@@ -26,9 +26,8 @@ def serve(
 ) -> None:
     """Serve ``model`` (a folder or a Hub id) at ``http://host:port/v1`` until interrupted: transformers' ``Serve``
     pinned to that model, after ``install()``. Clients name the model as given here, or leave it out."""
-    import eagle_hub.modeling_eagle  # noqa: F401  (registers the Auto classes: folders load without remote code)
-
-    install(image_dir=image_dir)
+    # Registers the Auto classes, here and in transformers' engine process: folders load without remote code.
+    install(image_dir=image_dir, register=("eagle_hub.modeling_eagle",))
     from transformers.cli.serve import Serve
 
     print(

@@ -11,6 +11,7 @@ import sys
 import tempfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
@@ -21,10 +22,12 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+import eagle_hub.modeling_eagle.image_processing_eagle
 import eagle_hub.serving.adaptation
 from eagle_hub.cli import main
 from eagle_hub.hub_cards.fresh_process import PRELUDE
 from eagle_hub.serving import check_stack, eagle_serve_command, free_port, measure_serving, running_server
+from eagle_hub.serving.adaptation import is_input_check
 
 TOKENS = 12
 
@@ -257,6 +260,10 @@ BAD_REQUESTS = {
     "temperature out of range": ({"temperature": 7}, 400, "temperature"),
     "max_tokens 0": ({"max_tokens": 0}, 400, "max_tokens"),
     "stop not a string": ({"stop": 5}, 400, "stop must be"),
+    "a part of unknown type": ({"messages": [{"role": "user", "content": [{"type": "file"}]}]}, 400, "has type"),
+    "a part without its text": ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, 400, "text must"),
+    "audio": ({"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}, 400, "no audio input"),
+    "generation_config not JSON": ({"extra_body": {"generation_config": "{max"}}, 400, "generation_config must"),
 }
 
 
@@ -279,6 +286,23 @@ def test_bad_input_is_refused_and_the_server_goes_on(client, server, case):
     assert error.body["type"] == "invalid_request_error" and phrase in error.body["message"]
     assert "Traceback" not in error.response.text
     assert f"request {request_id} " in server.log.read_text()  # the log names the request
+    assert answer(client, server, [{"role": "user", "content": "Still there?"}], max_tokens=2)
+
+
+def test_a_failure_inside_transformers_is_a_server_error_and_the_server_goes_on(client, server):
+    """A setting no check of ours refuses fails inside transformers' generation with a ValueError: the server's fault
+    (500), in OpenAI's format, without a traceback, logged with its request id."""
+    request_id = "inside-transformers"
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(
+            model=server.model,
+            messages=[{"role": "user", "content": "Hello"}],
+            extra_body={"generation_config": '{"max_new_tokens": -5}'},
+            extra_headers={"X-Request-ID": request_id},
+        )
+    assert caught.value.status_code == 500 and caught.value.body["type"] == "server_error"
+    assert "Traceback" not in caught.value.response.text
+    assert f"request {request_id} " in server.log.read_text()
     assert answer(client, server, [{"role": "user", "content": "Still there?"}], max_tokens=2)
 
 
@@ -314,24 +338,32 @@ def test_concurrent_clients_each_get_their_own_greedy_answer(client, server, ref
 
 # --------------------------------------------------------------------------------------------------- the stack
 BARE_SERVER = r"""
-import importlib.util, sys
-adaptation_file, folder, port = sys.argv[1:4]
-spec = importlib.util.spec_from_file_location("eagle_serving_adaptation", adaptation_file)
-adaptation = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(adaptation)
+import sys
+# The adaptation file alone, importable by name: transformers 5.25 spawns its engine process with a pickled loader
+# whose class lives in it (the engine gets this sys.path).
+sys.path.insert(0, sys.argv[1])
+import eagle_serving_adaptation as adaptation
+folder, port = sys.argv[2:4]
 adaptation.install()
 from transformers.cli.serve import Serve
 Serve(force_model=folder, trust_remote_code=True, continuous_batching=True, host="127.0.0.1", port=int(port),
-      dtype="float32", device="cpu")
+      dtype="float32", device="cpu", log_level="info")
 """
+FALLBACK_WITHOUT_BATCHING = (
+    "does not support continuous batching",  # 5.20 .. 5.24
+    "Only LLMs support continuous batching. Falling back to sequential generation.",  # 5.25
+)
 
 
 def test_served_without_the_package_from_the_folders_remote_code(saved_folder, reference, tmp_path):
     """transformers, the folder and the adaptation file alone (this package cannot be imported), with
     --continuous-batching: the stack has it for text-only models alone, so Eagle falls back to sequential
     generation, with the same answers."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "eagle_serving_adaptation.py").write_bytes(Path(eagle_hub.serving.adaptation.__file__).read_bytes())
     port = free_port()
-    command = [sys.executable, "-c", PRELUDE + BARE_SERVER, eagle_hub.serving.adaptation.__file__, saved_folder, port]
+    command = [sys.executable, "-c", PRELUDE + BARE_SERVER, code, saved_folder, port]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "OMP_NUM_THREADS": "1"}
     env.pop("PYTHONPATH", None)
     with running_server([str(part) for part in command], port, tmp_path / "server.log", env=env) as url:
@@ -340,25 +372,74 @@ def test_served_without_the_package_from_the_folders_remote_code(saved_folder, r
         response = bare.chat.completions.create(model=str(saved_folder), messages=sent, max_tokens=TOKENS)
         assert response.choices[0].message.content == reference(expected)
     log = (tmp_path / "server.log").read_text()
-    assert "does not support continuous batching" in log
+    assert any(phrase in log for phrase in FALLBACK_WITHOUT_BATCHING), log[-3000:]
     assert (tmp_path / "modules" / "transformers_modules").is_dir()  # the folder's code was loaded as remote code
 
 
 def test_transformers_serving_still_needs_the_adaptation(saved_folder):
     """Fails when transformers changes what serving/adaptation.py relies on or works around: then update it."""
-    check_stack()  # every attribute it wraps is still there, with the same signature
+    engine = check_stack()  # every attribute it wraps is still there, with the same signature
     import transformers
-    from transformers.cli.serving.model_manager import ModelManager
+    from transformers import AutoConfig
+    from transformers.cli.serving import model_manager
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
     assert "eagle" not in CONFIG_MAPPING_NAMES, "transformers has its own `eagle` model type now"
     assert "EagleForConditionalGeneration" not in vars(transformers), "install() ran in the test process"
-    manager = ModelManager(device="cpu", dtype="float32")
-    with pytest.raises(AttributeError, match="EagleForConditionalGeneration"):  # else: it loads Eagle by itself
-        manager._load_model(manager.process_model_name(str(saved_folder)))
-    model = AutoModelForImageTextToText.from_pretrained(saved_folder)
-    with pytest.raises(ValueError, match="Unknown modality"):  # else: it recognises Eagle by itself
-        ModelManager.get_model_modality(model)
+    config = AutoConfig.from_pretrained(saved_folder)
+    if engine:  # 5.25 ..: the loader the engine process gets
+        loader = model_manager.ModelLoader(device="cpu", dtype="float32")
+        assert type(loader).__module__.startswith("transformers."), "install() ran in the test process"
+        with pytest.raises(AttributeError, match="EagleForConditionalGeneration"):  # else: it loads Eagle by itself
+            loader._load_model(str(saved_folder))
+        assert model_manager.ModelLoader.get_model_modality(config) is None  # else: it recognises Eagle by itself
+    else:
+        manager = model_manager.ModelManager(device="cpu", dtype="float32")
+        with pytest.raises(AttributeError, match="EagleForConditionalGeneration"):
+            manager._load_model(manager.process_model_name(str(saved_folder)))
+        model = AutoModelForImageTextToText.from_pretrained(saved_folder)
+        with pytest.raises(ValueError, match="Unknown modality"):
+            model_manager.ModelManager.get_model_modality(model)
+
+
+def test_the_engine_loader_pickles_by_reference_with_its_registrations():
+    """transformers 5.25 spawns the engine with a pickled loader: the class must come back from this module by
+    name, carrying the modules that register Eagle."""
+    import pickle
+
+    if not check_stack():
+        pytest.skip("transformers before 5.25 loads the model in the API process")
+    loader_class = eagle_hub.serving.adaptation.EagleModelLoader
+    assert loader_class.__module__ == "eagle_hub.serving.adaptation"
+    eagle_hub.serving.adaptation._settings["register"] = ("eagle_hub.modeling_eagle",)
+    try:
+        loader = loader_class(device="cpu", dtype="float32")
+    finally:
+        eagle_hub.serving.adaptation._settings["register"] = ()
+    copy = pickle.loads(pickle.dumps(loader))
+    assert type(copy) is loader_class and copy.register == ("eagle_hub.modeling_eagle",)
+    assert copy.dtype == torch.float32 and copy.device == "cpu"
+
+
+def test_only_our_checks_are_a_clients_fault():
+    from transformers.cli.serving import utils
+
+    def raised(function, *args):
+        try:
+            function(*args)
+        except Exception as error:  # noqa: BLE001
+            return error
+        raise AssertionError("nothing raised")
+
+    processor_error = raised(
+        eagle_hub.modeling_eagle.image_processing_eagle.EagleImageProcessor().load_image, "no/such.png"
+    )
+    assert isinstance(processor_error, ValueError) and is_input_check(processor_error)
+    assert is_input_check(raised(eagle_hub.serving.adaptation.check_messages, []))
+    # transformers' parser, given what check_messages would refuse: a KeyError, and no client's fault
+    parser_error = raised(utils.BaseHandler.get_processor_inputs_from_messages, [{"content": "x"}], None)
+    assert not is_input_check(parser_error)
+    assert not is_input_check(raised(int, "not a number"))  # a ValueError raised outside Eagle's checks
 
 
 def test_check_stack_names_what_changed(monkeypatch):
