@@ -16,7 +16,8 @@ import torch
 from safetensors.torch import save_file
 
 HEAD_DIM = 64
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+from conftest import REFERENCE, require_reference  # noqa: E402
+
 REFERENCE_CHECKPOINT = REFERENCE / "nveagle-reference-x5" / "checkpoint"
 TOWER_PREFIX = "model.vision_tower.vision_towers."
 
@@ -403,9 +404,9 @@ def _llama3_backend():
 def write_tokenizer(folder: Path, llm: str) -> dict:
     """Write the tokenizer files; returns ``{"vocab_size", "bos_token_id", "eos_token_id", "pad_token_id"}``."""
     folder.mkdir(parents=True, exist_ok=True)
-    if llm == "vicuna":
+    if llm == "vicuna":  # the released SentencePiece tokenizer, from the reference checkpoint
         for name in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
-            shutil.copyfile(REFERENCE_CHECKPOINT / name, folder / name)
+            shutil.copyfile(require_reference("nveagle-reference-x5", "checkpoint", name), folder / name)
         return {"vocab_size": 1000, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
     if llm != "llama3":
         raise ValueError(f"llm must be 'vicuna' or 'llama3', got {llm!r}")

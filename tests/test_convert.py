@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import nveagle_checkpoints as nc
 import pytest
 import torch
-from conftest import make_image, require_reference
+from conftest import REFERENCE, make_image, require_reference
 from safetensors.torch import load_file
 from transformers import AutoProcessor
 
@@ -30,7 +30,7 @@ from eagle_hub.modeling_eagle.convert_nveagle import ConversionError, convert
 from eagle_hub.modeling_eagle.modeling_eagle import EagleForConditionalGeneration
 from eagle_hub.processing.chat_templates import CHAT_TEMPLATES
 
-RELEASED_KEYS = nc.REFERENCE / "nveagle-x5-vision-keys.json"
+RELEASED_KEYS = REFERENCE / "nveagle-x5-vision-keys.json"
 ROOT = Path(__file__).resolve().parents[1]
 CHAT_TEMPLATE_OF = {"vicuna": "vicuna_v1", "llama3": "llama3"}
 

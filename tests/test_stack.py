@@ -1,0 +1,93 @@
+"""The stacks CI tests (constraints/*.txt, written by scripts/lock.sh) against pyproject's ranges, and this
+environment against the stack scripts/setup.sh installed it from."""
+
+import re
+import runpy
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from conftest import IN_CI, ROOT
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+LOWER_BOUNDS = runpy.run_path(str(ROOT / "scripts" / "lower_bounds.py"))
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def stack(name: str) -> dict[str, Version]:
+    """constraints/NAME.txt as {distribution: version}."""
+    pins = {}
+    for line in (ROOT / "constraints" / f"{name}.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            distribution, _, version = line.partition("==")
+            assert version, f"constraints/{name}.txt: {line!r} is not NAME==VERSION"
+            pins[canonical(distribution)] = Version(version)
+    return pins
+
+
+def requirements(extras: tuple[str, ...] = ()) -> list[Requirement]:
+    """pyproject's dependencies, and those of ``extras`` (naming other packages, not eagle-hub's own extras)."""
+    text = (ROOT / "pyproject.toml").read_text()
+    found = [Requirement(line) for line in LOWER_BOUNDS["dependencies"](text)]
+    for extra in extras:
+        listed = re.search(rf"^{extra} = \[(.*?)\]$", text, flags=re.M | re.S)
+        assert listed, f"pyproject.toml has no extra {extra!r}"
+        found += [Requirement(item) for item in re.findall(r'"([^"]+)"', listed.group(1))]
+    return [requirement for requirement in found if canonical(requirement.name) != "eagle-hub"]
+
+
+EXTRAS = ("demo", "serve", "eval", "search", "test")
+
+
+def test_the_oldest_stack_pins_each_dependency_at_its_lower_bound():
+    oldest = stack("oldest")
+    bounds = LOWER_BOUNDS["lower_bounds"](LOWER_BOUNDS["dependencies"]())
+    assert len(bounds) == len(requirements()), "every dependency has a lower bound"
+    for name, version in bounds.items():
+        assert oldest[canonical(name)] == Version(version), f"{name}: pyproject says >={version}"
+
+
+@pytest.mark.parametrize("name, extras", [("latest", EXTRAS), ("oldest", tuple(e for e in EXTRAS if e != "eval"))])
+def test_each_stack_is_inside_pyprojects_ranges(name, extras):
+    pins = stack(name)
+    for requirement in requirements(extras):
+        pinned = pins.get(canonical(requirement.name))
+        assert pinned is not None, f"constraints/{name}.txt does not pin {requirement.name}"
+        assert requirement.specifier.contains(pinned, prereleases=True), f"{requirement} excludes {pinned}"
+
+
+def test_what_we_adapt_ends_at_the_newest_tested_minor():
+    """transformers' server (serving/adaptation.py) and lmms-eval (evaluation/) change their internals from release
+    to release: their upper bounds are the newest CI tests, so a user never installs an untested one."""
+    latest = stack("latest")
+    served = next(r for r in requirements(("serve",)) if canonical(r.name) == "transformers" and r.extras)
+    tested = latest["transformers"]
+    assert {str(s) for s in served.specifier if s.operator == "<"} == {f"<{tested.major}.{tested.minor + 1}"}
+    (lmms,) = [r for r in requirements(("eval",)) if canonical(r.name) == "lmms-eval"]
+    assert {str(s) for s in lmms.specifier} == {f"=={latest['lmms-eval']}"}
+
+
+def test_this_environment_is_the_stack_it_was_set_up_from():
+    """What the README's commands install (scripts/setup.sh writes the stack's name into the venv) is exactly the
+    stack file: every installed distribution pinned, at its pin."""
+    marker = Path(sys.prefix) / "eagle-stack"
+    if not marker.is_file():
+        reason = f"this environment ({sys.prefix}) was not set up by scripts/setup.sh"
+        if IN_CI:
+            pytest.fail(f"{reason}; CI must use it", pytrace=False)
+        pytest.skip(reason)
+    name = marker.read_text().strip()
+    if name == "newest":
+        pytest.skip("the newest stack pins nothing (scripts/test.sh --newest)")
+    pins = stack(name)
+    installed = {canonical(d.metadata["Name"]): Version(d.version) for d in metadata.distributions()}
+    installed.pop("eagle-hub")
+    unpinned = sorted(set(installed) - set(pins))
+    assert not unpinned, f"installed but not in constraints/{name}.txt: {unpinned}"
+    wrong = {n: (str(v), str(pins[n])) for n, v in installed.items() if Version(v.public) != pins[n]}
+    assert not wrong, f"installed (version, pin) differing from constraints/{name}.txt: {wrong}"
