@@ -1,5 +1,6 @@
-"""`eagle search-experts`: the recipe's eval entry, a two-candidate one-round search at a tiny budget (trials as
-processes, the JSON, the table, the plot), and resuming without retraining finished trials."""
+"""`eagle search-experts`: the recipe's eval and validation entries, choosing on validation and reporting on
+held-out, a two-candidate one-round search at a tiny budget (trials as processes, the JSON, the table, the plot),
+and resuming without retraining finished trials."""
 
 import json
 import os
