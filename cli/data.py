@@ -39,6 +39,13 @@ def add_parser(commands) -> None:
         help="mixed (default): distinct shapes and colours, questions look one object up by another's attribute; "
         "uniform: copies of one coloured shape, questions ask what is drawn",
     )
+    parser.add_argument(
+        "--validation",
+        type=float,
+        default=0.0,
+        help="fraction of images carved from the training images as a validation split (sft_validation.json, "
+        "hf/sft_validation), disjoint from the held-out one, for choices such as eagle search-experts' (default 0)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -53,5 +60,6 @@ def run(args) -> None:
         conversations=args.conversations,
         focus_types=tuple(args.focus_types),
         scene=args.scene,
+        validation=args.validation,
     )
     print(f"wrote synthetic data to {args.output}: {manifest}")

@@ -14,15 +14,19 @@ def add_parser(commands) -> None:
         "search-experts",
         help="round-robin search for the expert set (the paper's experiment): train and score one set per trial",
         description="Start from --start; each round, train the recipe's stages once per remaining candidate added "
-        "to the current set, score each on the recipe's eval split (held-out exact match per question type, "
-        "averaged), keep the best; stop when no candidate raises the average by more than --threshold points, or "
-        "after --rounds. Trials are separate processes (--jobs at a time); each writes OUTPUT/trials/<set>/"
-        "result.json when it ends, and rerunning the same command resumes without retraining finished trials. "
+        "to the current set, score each on the recipe's validation split (exact match per question type, "
+        "averaged; a split carved from the training data), keep the best; stop when no candidate raises that "
+        "average by more than --threshold points, or after --rounds. Each trial's score on the recipe's eval "
+        "(held-out) split is reported, never chosen on. Trials are separate processes (--jobs at a time); each "
+        "writes OUTPUT/trials/<set>/result.json when it ends, and rerunning the same command resumes without "
+        "retraining finished trials. "
         "Writes OUTPUT/search.json (every trial), search.md (the table) and search.png (the plot). The recipe's "
         "model must be a preset whose table has every candidate. Paths inside the recipe are relative to the "
         "recipe file; paths given here, to the working directory.",
     )
-    parser.add_argument("recipe", nargs="?", help="recipe YAML with an eval entry (not with --quickstart)")
+    parser.add_argument(
+        "recipe", nargs="?", help="recipe YAML with validation and eval entries (not with --quickstart)"
+    )
     parser.add_argument(
         "--quickstart",
         action="store_true",
@@ -82,7 +86,7 @@ def run(args) -> None:
             result = quickstart_search(args.output, seed=args.seed, budget=replace(SEARCH_BUDGET, **chosen), **search)
         else:
             if not args.recipe:
-                raise UserError("give a RECIPE (a recipe YAML with an eval entry), or --quickstart")
+                raise UserError("give a RECIPE (a recipe YAML with validation and eval entries), or --quickstart")
             if chosen:
                 raise UserError(f"--{next(iter(chosen)).replace('_', '-')} sets the --quickstart budget only")
             result = search_experts(args.recipe, args.output, data_root=args.data_root, **search)

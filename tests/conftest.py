@@ -15,6 +15,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # they also carry the `slow` mark, so this suite's own selection (`-m slow`, deselected by default) decides.
 os.environ.setdefault("RUN_SLOW", "1")
 
+import common_tests_record  # noqa: E402
+from common_tests_record import (  # noqa: E402,F401  (the record's hooks: see tests/common_tests_record.py)
+    pytest_addoption,
+    pytest_collection_modifyitems,
+    pytest_runtest_logreport,
+    pytest_sessionfinish,
+)
+
 import eagle_hub.modeling_eagle  # noqa: E402,F401  (registers the Auto classes)
 from eagle_hub.modeling_eagle.hub_folder import build_processor, save_folder  # noqa: E402
 from eagle_hub.modeling_eagle.modeling_eagle import EagleForConditionalGeneration  # noqa: E402
@@ -71,6 +79,7 @@ TRANSFORMERS_MARKS = (
 
 
 def pytest_configure(config):
+    common_tests_record.configure(config)
     for mark in TRANSFORMERS_MARKS:
         config.addinivalue_line("markers", f"{mark}: transformers' common tests")
 

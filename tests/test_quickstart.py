@@ -2,6 +2,8 @@
 and answers from a fresh process that loads the folder through remote code and a pipeline."""
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -122,3 +124,68 @@ def test_how_many_held_out_images_have_a_training_twin(tmp_path):
     held_out = [meta for meta in metadata if meta["split"] == "held_out"]
     assert len(held_out) == 800
     assert sum(scene(meta) in seen for meta in held_out) == 436
+
+    # The files agree with the held-out record's counts and baselines (which are computed without writing them).
+    from eagle_hub.training.quickstart import blind_baseline
+
+    rows = [
+        {"type": r["type"], "answer": r["conversations"][1]["value"]}
+        for r in json.loads((tmp_path / "sft_heldout.json").read_text())
+    ]
+    record = json.loads((ROOT / "docs" / "quickstart-heldout.json").read_text())["types"]
+    assert blind_baseline(rows) == {kind: entry["blind_baseline"] for kind, entry in record.items()}
+    assert {kind: sum(r["type"] == kind for r in rows) for kind in record} == {
+        kind: entry["questions"] for kind, entry in record.items()
+    }
+
+
+# ------------------------------------------------------------------ the tables' held-out questions and blind baselines
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_held_out_answers_are_what_generate_writes(tmp_path):
+    """`held_out_answers` (no files) gives the held-out split `generate` writes with the same arguments, in order."""
+    from eagle_hub.training.quickstart import DATA, make_data
+    from eagle_hub.training.synth import held_out_answers
+
+    make_data(tmp_path, n_images=120, seed=3)
+    written = json.loads((tmp_path / "sft_heldout.json").read_text())
+    rows = [{"type": r["type"], "answer": r["conversations"][1]["value"]} for r in written]
+    assert len({r["image"] for r in written}) == 12 and len(rows) > 12 * 3  # 12 held-out images, 3-5 questions each
+    assert held_out_answers(n=120, seed=3, scene="uniform", **DATA) == rows
+
+
+def test_the_held_out_record_is_what_the_generator_draws():
+    """docs/quickstart-heldout.json (scripts/quickstart_heldout.py) is what the generator gives for seed 0 and the
+    quickstart's data: computed here from the seed, nothing trained (about a second)."""
+    from eagle_hub.training.quickstart import held_out_summary
+
+    record = json.loads((ROOT / "docs" / "quickstart-heldout.json").read_text())
+    assert (record["seed"], record["n_images"], record["scene"]) == (0, Budget().n_images, "uniform")
+    assert held_out_summary(record["n_images"], record["seed"], record["scene"]) == record["types"]
+
+
+def quickstart_table(text: str) -> dict:
+    """Rows of the table headed `| question type | held-out exact match | held-out questions | blind baseline |`:
+    type -> (exact match, questions, blind baseline) as printed, bold marks dropped."""
+    table = text.split("| question type | held-out exact match | held-out questions | blind baseline |", 1)[1]
+    rows = re.findall(r"^\| (\w+) +\| ([^|]+)\| ([^|]+)\| ([^|]+)\|", table.split("\n\n", 1)[0], flags=re.M)
+    return {kind: tuple(cell.strip().strip("*") for cell in cells) for kind, *cells in rows}
+
+
+@pytest.mark.parametrize("document", ["README.md", "docs/quickstart.md"])
+def test_the_quickstart_tables_state_the_records(document):
+    """The quickstart table's held-out questions (exact) and blind baselines (to 0.1 point) are the held-out record's;
+    its exact-match column (to 0.1 point) is the recorded quickstart run: channel_concat in
+    docs/fusion-quickstart.json, the quickstart's own run (seed 0, default budget)."""
+    held_out = json.loads((ROOT / "docs" / "quickstart-heldout.json").read_text())["types"]
+    run = json.loads((ROOT / "docs" / "fusion-quickstart.json").read_text())
+    assert run["seed"] == 0 and run["command"].startswith("eagle quickstart ")
+    accuracy = run["strategies"]["channel_concat"]["accuracy"]
+    table = quickstart_table((ROOT / document).read_text())
+    assert set(table) == set(held_out) == set(accuracy)
+    for kind, (exact_match, questions, blind) in table.items():
+        assert questions == str(held_out[kind]["questions"]), (kind, questions)
+        assert blind == f"{held_out[kind]['blind_baseline']:.1%}", (kind, blind)
+        assert exact_match == f"{accuracy[kind]:.1%}", (kind, exact_match)

@@ -1,5 +1,6 @@
-"""`eagle search-experts`: the recipe's eval entry, a two-candidate one-round search at a tiny budget (trials as
-processes, the JSON, the table, the plot), and resuming without retraining finished trials."""
+"""`eagle search-experts`: the recipe's eval and validation entries, choosing on validation and reporting on
+held-out, a two-candidate one-round search at a tiny budget (trials as processes, the JSON, the table, the plot),
+and resuming without retraining finished trials."""
 
 import json
 import os
@@ -15,7 +16,17 @@ import yaml
 from eagle_hub.cli import main
 from eagle_hub.training.quickstart import Budget, quickstart_recipe
 from eagle_hub.training.recipe import RecipeError, load_recipe, parse_recipe
-from eagle_hub.training.search_experts import format_table, held_out_rows, quickstart_search, search_experts
+from eagle_hub.training.search_experts import (
+    SEARCH_BUDGET,
+    SEARCH_VALIDATION,
+    TrialRunner,
+    choose,
+    format_table,
+    held_out_rows,
+    margins,
+    quickstart_search,
+    search_experts,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "training" / "recipes" / "tiny.yaml"
@@ -72,6 +83,13 @@ def test_the_search_refuses_recipes_it_cannot_run_and_names_why(tmp_path):
         path.write_text(yaml.safe_dump(recipe))
         with pytest.raises(error, match=message):
             search_experts(path, tmp_path / "out", candidates="sam,x" if index == 2 else "sam")
+    # TINY has an eval split but no validation split: the search would have nothing to choose on but what it reports.
+    with pytest.raises(RecipeError, match=r"validation: missing; add the split the search chooses on"):
+        search_experts(TINY, tmp_path / "out", candidates="sam")
+    same = tmp_path / "same.yaml"
+    same.write_text(yaml.safe_dump({**raw, "validation": raw["eval"]}))
+    with pytest.raises(RecipeError, match=r"validation: is the eval split"):
+        search_experts(same, tmp_path / "out", candidates="sam")
     with pytest.raises(ValueError, match=r"rounds \(--rounds\) is 0"):
         search_experts(TINY, tmp_path / "out", rounds=0)
     with pytest.raises(ValueError, match=r"candidates names \['sam'\] more than once"):
@@ -102,9 +120,12 @@ def test_a_two_candidate_one_round_search_writes_every_trial_the_table_and_the_p
         (1, ["clip", "sam"], "sam"),
     ]
     for trial in trials:
-        assert set(trial["scores"]) == {"colour", "count", "position", "shape", "word"}
-        assert all(0 <= value <= 1 for value in trial["scores"].values())
-        assert trial["average"] == pytest.approx(sum(trial["scores"].values()) / len(trial["scores"]))
+        for split in ("", "validation_"):  # held-out (reported) and validation (chosen on)
+            assert set(trial[f"{split}scores"]) == {"colour", "count", "position", "shape", "word"}
+            assert all(0 <= value <= 1 for value in trial[f"{split}scores"].values())
+            scores = trial[f"{split}scores"]
+            assert trial[f"{split}average"] == pytest.approx(sum(scores.values()) / len(scores))
+        assert sum(trial["questions"].values()) and sum(trial["validation_questions"].values())
         assert trial["wall_seconds"] > 0 and trial["tokens_per_image"] == 64  # the small preset's 8x8 grid
         parameters = trial["parameters"]
         assert set(parameters["experts"]) == set(trial["experts"])
@@ -114,30 +135,33 @@ def test_a_two_candidate_one_round_search_writes_every_trial_the_table_and_the_p
     assert trials[1]["parameters"]["experts"]["clip"] == trials[0]["parameters"]["experts"]["clip"]
     assert trials[1]["parameters"]["experts"]["dinov2"] > 0  # the sixth candidate trained at the small widths
 
-    # The start is chosen; in round 1 the best trial is kept only if it beat the start; one round at most.
+    # The start is chosen; in round 1 the best trial on validation is kept only if it beat the start there; one
+    # round at most.
     assert trials[0]["chosen"]
-    best = max(trials[1:], key=lambda t: t["average"])
-    kept = best["average"] > trials[0]["average"]
+    best = max(trials[1:], key=lambda t: t["validation_average"])
+    kept = best["validation_average"] > trials[0]["validation_average"]
     assert [t["chosen"] for t in trials[1:]] == [t is best and kept for t in trials[1:]]
     assert record["path"] == [["clip"]] + ([best["experts"]] if kept else [])
     if kept:
         assert record["stopped"] == "--rounds 1 reached"
     else:
-        assert "no candidate raised the average" in record["stopped"]
+        assert "no candidate raised the validation average" in record["stopped"]
     assert record["settings"]["candidates"] == ["clip", "dinov2", "sam"] and record["settings"]["jobs"] == 2
+    assert record["settings"]["chosen_on"] == "validation"
 
     table = (output / "search.md").read_text()
     assert table == format_table(record)
     lines = table.splitlines()
     assert lines[0] == (
-        "| Round | Experts | colour | count | position | shape | word | Average | Params (M) | Tokens / image | "
-        "Wall (min) |"
+        "| Round | Experts | colour | count | position | shape | word | Validation average | Held-out average | "
+        "Params (M) | Tokens / image | Wall (min) |"
     )
     assert lines[2].startswith("| 0 | **CLIP** |") and lines[3].startswith("| 1 | ")
     assert "CLIP + DINOv2" in lines[3] and "CLIP + SAM" in lines[4]
-    assert lines[-2].startswith("Chosen path: CLIP")
+    assert lines[-3].startswith("Chosen path: CLIP")
     assert record["trials_wall_seconds"] == pytest.approx(sum(t["wall_seconds"] for t in trials))
-    assert lines[-1] == f"3 trials, {record['trials_wall_seconds'] / 60:.1f} min of trial wall time in all."
+    assert lines[-2] == f"3 trials, {record['trials_wall_seconds'] / 60:.1f} min of trial wall time in all."
+    assert lines[-1] == margins(trials[0]) and "; validation: colour " in lines[-1]
     png = (output / "search.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
     assert any("round 1: CLIP + one of DINOv2, SAM" in line for line in logged)
@@ -245,3 +269,125 @@ def test_the_published_search_tables_are_the_recorded_search():
         assert shown == rest, (round_number, shown, rest)
     minutes = record["trials_wall_seconds"] / 60
     assert f"{len(record['trials'])} trials, {minutes:.1f} min of trial time" in " ".join(readme.split())
+
+
+def test_the_docs_say_the_recorded_search_chose_on_held_out_and_state_its_margins():
+    """The record predates validation splits (its trials have none, its path is the held-out winners'): the docs
+    label it so. The questions per type and the points one question is (100/n), as the README and
+    docs/search-experts.md state them, are the record's; the split sizes they state are the search's."""
+    from eagle_hub.training.synth import split_sizes
+
+    record = json.loads((ROOT / "docs" / "search-experts-quickstart.json").read_text())
+    assert all("validation_average" not in trial for trial in record["trials"])
+    for round_number in {trial["round"] for trial in record["trials"]} - {0}:
+        trials = [trial for trial in record["trials"] if trial["round"] == round_number]
+        best = max(trials, key=lambda trial: trial["average"])
+        assert [trial for trial in trials if trial["chosen"]] in ([], [best])  # kept (if any): the held-out winner
+    questions = {tuple(sorted(trial["questions"].items())) for trial in record["trials"]}
+    assert len(questions) == 1
+    n = dict(questions.pop())
+    docs = " ".join((ROOT / "docs" / "search-experts.md").read_text().split())
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "measured once, under the old protocol" in docs and "it chose on the held-out split" in docs
+    assert "measured once under the old protocol, which chose *and* reported on the held-out split" in readme
+    per_type = ", ".join(f"{kind} {count} ({100 / count:.1f})" for kind, count in sorted(n.items()))
+    assert f"Held-out questions per type (points one question is): {per_type}." in docs
+    assert f"the held-out word type has {n['word']} questions: one question is {100 / n['word']:.1f} points" in docs
+    others = {count for kind, count in n.items() if kind not in ("word", "position")}
+    assert len(others) == 1
+    assert (
+        f"Its held-out word type has {n['word']} questions ({100 / n['word']:.1f} points each), position "
+        f"{n['position']} ({100 / n['position']:.1f}), the others {min(others)} ({100 / min(others):.1f})"
+    ) in readme
+    sizes = split_sizes(SEARCH_BUDGET.n_images, 0.1, SEARCH_VALIDATION)
+    assert (
+        f"carves {sizes['validation']} of its {SEARCH_BUDGET.n_images} images for validation and holds out "
+        f"{sizes['held_out']} others" in readme
+    )
+    assert (
+        f"of its {SEARCH_BUDGET.n_images} images, {sizes['train']} train, {sizes['validation']} are the validation "
+        f"split (`hf/sft_validation`, one question at a time) and {sizes['held_out']} are held out" in docs
+    )
+
+
+# ------------------------------------------------------------------------------------ choosing on validation
+
+
+def stub_trial(experts, validation: float, held_out: float) -> dict:
+    """A trial's result with every type at the given validation and held-out score."""
+    kinds = ("colour", "count", "position", "shape", "word")
+    return {
+        "experts": list(experts),
+        "scores": dict.fromkeys(kinds, held_out),
+        "questions": dict.fromkeys(kinds, 20),
+        "average": held_out,
+        "validation_scores": dict.fromkeys(kinds, validation),
+        "validation_questions": dict.fromkeys(kinds, 25),
+        "validation_average": validation,
+        "wall_seconds": 1.0,
+        "train_seconds": 1.0,
+        "parameters": {"total": 10**6, "vision": 10**5, "experts": dict.fromkeys(experts, 1)},
+        "tokens_per_image": 64,
+    }
+
+
+def test_the_choice_reads_validation_scores_only():
+    current = stub_trial(["clip"], validation=0.50, held_out=0.50)
+    on_validation = stub_trial(["clip", "sam"], validation=0.70, held_out=0.55)
+    on_held_out = stub_trial(["clip", "eva02"], validation=0.60, held_out=0.90)
+    best, gain = choose(current, [on_held_out, on_validation])
+    assert best is on_validation and gain == pytest.approx(20.0)
+
+
+def test_a_search_chooses_the_validation_winner_where_the_held_out_winner_differs(tmp_path, monkeypatch):
+    """Every trial stubbed (nothing trained): in round 1 EVA-02 wins on held-out and SAM on validation; in round 2
+    ConvNeXt would raise held-out but lowers validation. The search keeps SAM and stops in round 2."""
+    scores = {  # set -> (validation, held-out)
+        ("clip",): (0.50, 0.50),
+        ("clip", "sam"): (0.70, 0.55),
+        ("clip", "eva02"): (0.60, 0.90),
+        ("clip", "convnext"): (0.40, 0.40),
+        ("clip", "sam", "eva02"): (0.65, 0.60),
+        ("clip", "sam", "convnext"): (0.69, 0.99),
+    }
+    monkeypatch.setattr(TrialRunner, "run", lambda self, sets: {s: stub_trial(s, *scores[s]) for s in sets})
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(quickstart_recipe("data", 0, BUDGET, validation=True)))
+    record = search_experts(recipe, tmp_path / "out", candidates="sam,eva02,convnext", log=lambda line: None)
+    assert record["path"] == [["clip"], ["clip", "sam"]]
+    assert [t["experts"] for t in record["trials"] if t["chosen"]] == [["clip"], ["clip", "sam"]]
+    assert record["stopped"].startswith("round 2: no candidate raised the validation average")
+    table = format_table(record)
+    assert "| 1 | **CLIP + SAM** | 55.0% | 55.0% | 55.0% | 55.0% | 55.0% | **70.0%** | 55.0% |" in table
+    assert "held-out questions (points each): colour 20 (5.0)" in table and "validation: colour 25 (4.0)" in table
+
+
+def test_the_validation_split_is_carved_from_training_disjoint_from_held_out_and_fixed_by_the_seed(tmp_path):
+    from eagle_hub.training.quickstart import make_data
+
+    def images(folder, split):
+        return {record["image"] for record in json.loads((folder / f"{split}.json").read_text())}
+
+    n = 60
+    make_data(tmp_path / "a", n, seed=0, validation=SEARCH_VALIDATION)
+    make_data(tmp_path / "b", n, seed=0, validation=SEARCH_VALIDATION)
+    a = tmp_path / "a"
+    validation, held_out = images(a, "sft_validation"), images(a, "sft_heldout")
+    training = images(a, "sft") | images(a, "captions") | images(a, "sft_word")
+    assert len(validation) == len(held_out) == 6 and len(images(a, "sft")) == n - 12
+    assert not validation & held_out and not validation & training and not held_out & training
+    assert (a / "sft_validation.json").read_bytes() == (tmp_path / "b" / "sft_validation.json").read_bytes()
+    records = json.loads((a / "sft_validation.json").read_text())
+    assert all(len(record["conversations"]) == 2 for record in records)  # one question each, as held-out
+    manifest = json.loads((a / "manifest.json").read_text())
+    assert manifest["validation"] == SEARCH_VALIDATION and manifest["splits"]["sft_validation"]["images"] == 6
+    # The quickstart's search: 200 validation images carved from 1800 training ones, beside 200 held out.
+    from eagle_hub.training.synth import split_sizes
+
+    assert split_sizes(SEARCH_BUDGET.n_images, 0.1, SEARCH_VALIDATION) == {
+        "train": 1600,
+        "validation": 200,
+        "held_out": 200,
+    }
+    with pytest.raises(ValueError, match="validation must be in"):
+        make_data(tmp_path / "c", n, seed=0, validation=0.95)

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from .recipe import load_recipe
-from .synth import COLOURS, SHAPES, WORDS, generate
+from .synth import COLOURS, SHAPES, WORDS, generate, held_out_answers
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +62,17 @@ ANSWERS = (*WORDS, *COLOURS, *SHAPES, "1", "2", "3", "left", "right")
 
 
 def quickstart_recipe(
-    data_root: str, seed: int, budget: Budget, experts=None, prealign: bool = True, fusion: str | None = None
+    data_root: str,
+    seed: int,
+    budget: Budget,
+    experts=None,
+    prealign: bool = True,
+    fusion: str | None = None,
+    validation: bool = False,
 ) -> dict:
     """The quickstart's recipe; ``data_root`` is relative to the folder the recipe file is written to. ``fusion``
-    names a fusion strategy other than the default ``channel_concat``."""
+    names a fusion strategy other than the default ``channel_concat``. ``validation`` names the data's validation
+    split (``make_data(..., validation=...)``), which ``eagle search-experts`` chooses on."""
     corpus = [f"ASSISTANT: {answer}" for answer in ANSWERS]
     model = {
         "preset": "eagle-x5-small",
@@ -119,23 +126,41 @@ def quickstart_recipe(
     mixed = {"format": "hf", "path": "hf/sft"}
     stages.append({"name": "stage3-sft", "data": mixed, "max_steps": budget.sft_steps, **stage3})
     held_out = {"format": "hf", "path": "hf/sft_heldout"}  # what `evaluate` scores; `eagle train` ignores it
-    return {"model": model, "seed": seed, "data_root": data_root, "eval": held_out, "stages": stages}
+    recipe = {"model": model, "seed": seed, "data_root": data_root, "eval": held_out, "stages": stages}
+    if validation:
+        recipe["validation"] = {"format": "hf", "path": "hf/sft_validation"}
+    return recipe
 
 
-def make_data(folder: Path, n_images: int, seed: int, scene: str = "uniform", overwrite: bool = False) -> dict:
+# How the quickstart draws its data, besides the number of images, the seed and the scene.
+DATA = {"image_size": 128, "questions_per_image": 5, "conversations": True, "focus_types": ("word",)}
+
+
+def make_data(
+    folder: Path, n_images: int, seed: int, scene: str = "uniform", overwrite: bool = False, validation: float = 0.0
+) -> dict:
     """The quickstart's synthetic data in ``folder`` (``hf/sft``, ``hf/sft_word``, ``hf/captions``,
-    ``hf/sft_heldout``, ...); returns ``training.synth``'s manifest."""
-    return generate(
-        folder,
-        n=n_images,
-        seed=seed,
-        image_size=128,
-        questions_per_image=5,
-        conversations=True,
-        focus_types=("word",),
-        scene=scene,
-        overwrite=overwrite,
-    )
+    ``hf/sft_heldout``, with ``validation`` also ``hf/sft_validation``); returns ``training.synth``'s manifest."""
+    return generate(folder, n=n_images, seed=seed, scene=scene, overwrite=overwrite, validation=validation, **DATA)
+
+
+def held_out_summary(n_images: int = Budget.n_images, seed: int = 0, scene: str = "uniform") -> dict:
+    """Per question type of the quickstart's held-out split: the number of questions, the most frequent answer and
+    the blind baseline (:func:`blind_baseline`), from the generator alone (nothing trained or written)."""
+    rows = held_out_answers(n=n_images, seed=seed, scene=scene, **DATA)
+    baseline = blind_baseline(rows)
+    summary = {}
+    for kind in sorted(baseline):
+        answers = Counter(row["answer"] for row in rows if row["type"] == kind)
+        ((answer, count),) = answers.most_common(1)
+        total = sum(answers.values())
+        summary[kind] = {
+            "questions": total,
+            "most_frequent": answer,
+            "its_count": count,
+            "blind_baseline": baseline[kind],
+        }
+    return summary
 
 
 def evaluate(folder: Path, heldout, batch_size: int = 32) -> dict:

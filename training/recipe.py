@@ -8,7 +8,9 @@ model: {preset: eagle-x5-tiny}          # or {path: ./a-folder}; optional dtype:
 seed: 0
 data_root: ./data                       # optional; relative data paths start here (default: the recipe's folder)
 eval: {format: hf, path: hf/sft_heldout}  # optional held-out split (same rules as a stage's data); `eagle train`
-                                        # ignores it, `eagle search-experts` scores each trial on it
+                                        # ignores it, `eagle search-experts` reports each trial's score on it
+validation: {format: hf, path: hf/sft_validation}  # optional split carved from the training data, disjoint from
+                                        # eval; `eagle search-experts` chooses on it, `eagle train` ignores it
 stages:
   - name: stage1-prealign               # the stage's folder under the output directory
     kind: prealign                      # prealign (each expert alone, own projector) | align | sft
@@ -101,6 +103,7 @@ class Recipe:
     seed: int = 0
     data_root: str | None = None
     eval: DataSpec | None = None
+    validation: DataSpec | None = None
     base_dir: Path = field(default_factory=Path.cwd)
 
     @property
@@ -224,7 +227,16 @@ def parse_recipe(raw, base_dir: Path) -> Recipe:
     if data_root is not None and not isinstance(data_root, str):
         _fail("data_root", f"expected a folder path, got {data_root!r}")
     held_out = None if raw.get("eval") is None else _parse_data(raw["eval"], "eval")
-    return Recipe(model=model, stages=stages, seed=seed, data_root=data_root, eval=held_out, base_dir=base_dir)
+    validation = None if raw.get("validation") is None else _parse_data(raw["validation"], "validation")
+    return Recipe(
+        model=model,
+        stages=stages,
+        seed=seed,
+        data_root=data_root,
+        eval=held_out,
+        validation=validation,
+        base_dir=base_dir,
+    )
 
 
 def load_recipe(path) -> Recipe:

@@ -1,11 +1,13 @@
 """``eagle search-experts``: the paper's round-robin search for the expert set, on your recipe, data and budget.
 
 Start from a set (CLIP in the paper); in each round try adding every remaining candidate, keep the one that raises
-the average held-out score most, stop when no candidate raises it by more than a threshold (or after ``rounds``).
+the average validation score most, stop when no candidate raises it by more than a threshold (or after ``rounds``).
 Every trial trains the recipe's stages with one expert set (``model.overrides.experts``, so the recipe's model must
-be a preset whose table has every candidate) and scores the last stage's folder on the recipe's ``eval`` split with
-the quickstart's :func:`~eagle_hub.training.quickstart.evaluate` (greedy exact match per question type; the average
-is the mean over types).
+be a preset whose table has every candidate) and scores the last stage's folder with the quickstart's
+:func:`~eagle_hub.training.quickstart.evaluate` (greedy exact match per question type; the average is the mean over
+types) twice: on the recipe's ``validation`` split, carved from the training data, which the search chooses on
+(:func:`choose`), and on its ``eval`` (held-out) split, which it only reports. Choosing and reporting on the same
+split would make the reported score of the chosen set an optimistic one.
 
 Each trial is its own process (``python -m eagle_hub.training.search_experts TRIAL_DIR``, or under ``launcher``,
 e.g. ``accelerate launch``): memory stays bounded, ``jobs`` trials run side by side, and a trial writes
@@ -14,8 +16,9 @@ trials instead of training them again; a trial killed mid-run continues from its
 
 Output folder::
 
-    search.json                 every trial (set, per-type scores, average, wall time, parameters, tokens per image),
-                                the chosen path and why the search stopped
+    search.json                 every trial (set, per-type validation and held-out scores and question counts,
+                                averages, wall time, parameters, tokens per image), the chosen path and why the
+                                search stopped
     search.md                   the table in the paper's format, round by round
     search.png                  average score against round, one point per trial, the chosen path highlighted
     trials/<clip+sam>/          trial.json (what to run), trial.log, run/ (the recipe runner's stage folders),
@@ -55,6 +58,9 @@ RESULT = "result.json"
 # `eagle search-experts --quickstart`: the quickstart's data and recipe at a budget whose whole search (16 trials at
 # most: the start, then 5 + 4 + 3 + 2 + 1 candidates) ends within an hour on 2 CPU cores (README, "Expert search").
 SEARCH_BUDGET = Budget(n_images=2000, prealign_steps=10, align_steps=20, word_steps=0, sft_steps=500)
+# The validation split it chooses on: a tenth of the images (200 of 2000), carved from the training images (1800 ->
+# 1600), beside the held-out tenth it reports on (training.synth's ``validation``).
+SEARCH_VALIDATION = 0.1
 
 
 def label(experts) -> str:
@@ -100,6 +106,13 @@ def held_out_rows(dataset) -> list[dict]:
     return rows
 
 
+def scored(accuracy: dict) -> dict:
+    """``evaluate``'s per-type accuracies as a trial records them: ``scores``, ``questions`` and ``average``."""
+    scores = {kind: entry["accuracy"] for kind, entry in accuracy.items()}
+    questions = {kind: entry["n"] for kind, entry in accuracy.items()}
+    return {"scores": scores, "questions": questions, "average": sum(scores.values()) / len(scores)}
+
+
 def count_parameters(folder: Path) -> dict:
     """Parameters of a saved folder from its safetensors headers (nothing loaded): total, vision, per expert."""
     from safetensors import safe_open
@@ -141,15 +154,13 @@ def run_trial(trial_dir, started: float | None = None) -> dict | None:
     if not is_main_process():
         return None
     folder = trial_dir / "run" / recipe.stages[-1].name
-    rows = held_out_rows(load_data(asdict(recipe.eval), recipe.data_dir))
-    accuracy = evaluate(folder, rows)
+    held_out = scored(evaluate(folder, held_out_rows(load_data(asdict(recipe.eval), recipe.data_dir))))
+    validation = scored(evaluate(folder, held_out_rows(load_data(asdict(recipe.validation), recipe.data_dir))))
     config = json.loads((folder / "config.json").read_text())
-    scores = {kind: entry["accuracy"] for kind, entry in accuracy.items()}
     result = {
         "experts": spec["experts"],
-        "scores": scores,
-        "questions": {kind: entry["n"] for kind, entry in accuracy.items()},
-        "average": sum(scores.values()) / len(scores),
+        **held_out,
+        **{f"validation_{key}": value for key, value in validation.items()},
         "wall_seconds": time.perf_counter() - started,
         "train_seconds": trained_seconds,
         "parameters": count_parameters(folder),
@@ -188,13 +199,21 @@ def check_search(recipe_path: Path, candidates, start) -> None:
         )
     if recipe.eval is None:
         raise RecipeError(
-            f"{recipe_path}: eval: missing; add the held-out split each trial is scored on, e.g. "
+            f"{recipe_path}: eval: missing; add the held-out split each trial is reported on, e.g. "
             "`eval: {format: hf, path: hf/sft_heldout}` (rows with images, messages, and optionally type and answer)"
         )
     table = PRESETS[preset]["table"] if preset in PRESETS else {}
     unknown = [name for name in (*start, *candidates) if name not in table]
     if unknown:
         raise ValueError(f"{preset} has no expert(s) {unknown}; its table has {', '.join(table)}")
+    if recipe.validation is None:
+        raise RecipeError(
+            f"{recipe_path}: validation: missing; add the split the search chooses on, carved from the training "
+            "data and disjoint from eval, e.g. `validation: {format: hf, path: hf/sft_validation}` "
+            "(`eagle data synth --validation 0.1` writes one)"
+        )
+    if asdict(recipe.validation) == asdict(recipe.eval):
+        raise RecipeError(f"{recipe_path}: validation: is the eval split; the search must choose on another split")
 
 
 def _end_with_parent() -> None:
@@ -203,6 +222,22 @@ def _end_with_parent() -> None:
     import signal
 
     ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def averages(result: dict) -> str:
+    return f"validation average {result['validation_average']:.1%}, held-out {result['average']:.1%}"
+
+
+def choose(current: dict, entries: list[dict]) -> tuple[dict, float]:
+    """The round's best trial by **validation** average (ties: the earlier candidate) and its gain over ``current``
+    in points; the held-out scores play no part in the choice."""
+    best = max(entries, key=lambda entry: entry["validation_average"])
+    return best, (best["validation_average"] - current["validation_average"]) * 100
+
+
+def point_per_question(questions: dict) -> dict:
+    """Per question type, the points one question moves its score: 100 / n."""
+    return {kind: 100 / n for kind, n in sorted(questions.items())}
 
 
 class TrialFailed(RuntimeError):
@@ -269,7 +304,7 @@ class TrialRunner:
         results = {experts: self.finished(experts) for experts in sets}
         for experts, result in results.items():
             if result is not None:
-                self.log(f"  {label(experts):<40} finished earlier: average {result['average']:.1%}")
+                self.log(f"  {label(experts):<40} finished earlier: {averages(result)}")
         todo = [experts for experts in sets if results[experts] is None]
         env = dict(os.environ)
         parallel = min(self.jobs, len(todo))
@@ -293,7 +328,7 @@ class TrialRunner:
                         continue
                     results[experts] = result
                     minutes = result["wall_seconds"] / 60
-                    self.log(f"  {label(experts):<40} average {result['average']:.1%} ({minutes:.1f} min)")
+                    self.log(f"  {label(experts):<40} {averages(result)} ({minutes:.1f} min)")
         finally:
             # Interrupted (Ctrl-C, an error here): the trials still training stop too, so a rerun never trains
             # a trial while an orphan of this run writes into the same folder.
@@ -352,6 +387,8 @@ def search_experts(
         "rounds": rounds,
         "threshold_points": threshold,
         "jobs": jobs,
+        "chosen_on": "validation",
+        "reported_on": "eval (held-out)",
     }
     trials, path = [], []
 
@@ -396,8 +433,7 @@ def search_experts(
         log(f"round {round_index}: {label(current['experts'])} + one of {names}")
         results = runner.run(sets)
         entries = [add(round_index, experts, results[experts], experts[-1]) for experts in sets]
-        best = max(entries, key=lambda entry: entry["average"])  # ties: the earlier candidate
-        gain = (best["average"] - current["average"]) * 100
+        best, gain = choose(current, entries)
         if gain > threshold:
             best["chosen"] = True
             current = best
@@ -406,7 +442,7 @@ def search_experts(
             record(None)
         else:
             stopped = (
-                f"round {round_index}: no candidate raised the average by more than {threshold:g} points "
+                f"round {round_index}: no candidate raised the validation average by more than {threshold:g} points "
                 f"(best: {LABELS.get(best['added'], best['added'])}, {gain:+.1f})"
             )
     log(f"stopped: {stopped}")
@@ -421,19 +457,21 @@ def quickstart_search(
     **search,
 ) -> dict:
     """The search on the quickstart's data and recipe (``eagle-x5-small`` widths, every candidate) at
-    :data:`SEARCH_BUDGET`: data in ``output/data``, the recipe in ``output/recipe.yaml``. A rerun resumes."""
+    :data:`SEARCH_BUDGET`, choosing on a validation split of :data:`SEARCH_VALIDATION` of the images carved from the
+    training images and reporting on the held-out split: data in ``output/data``, the recipe in
+    ``output/recipe.yaml``. A rerun resumes."""
     budget = budget or SEARCH_BUDGET
     output = Path(output)
-    recipe = quickstart_recipe("data", seed, budget)
+    recipe = quickstart_recipe("data", seed, budget, validation=True)
     recipe_path = output / "recipe.yaml"
     if recipe_path.is_file() and yaml.safe_load(recipe_path.read_text()) != recipe:
         raise FileExistsError(f"{output} holds a search with another seed or budget; choose another --output")
     data = output / "data"
     manifest = data / "manifest.json"
-    wanted = {"seed": seed, "n_images": budget.n_images, "scene": scene}
+    wanted = {"seed": seed, "n_images": budget.n_images, "scene": scene, "validation": SEARCH_VALIDATION}
     made = json.loads(manifest.read_text()) if manifest.is_file() else {}
     if {key: made.get(key) for key in wanted} != wanted:
-        make_data(data, budget.n_images, seed, scene, overwrite=True)
+        make_data(data, budget.n_images, seed, scene, overwrite=True, validation=SEARCH_VALIDATION)
     write_recipe(recipe_path, recipe)
     return search_experts(recipe_path, output, **search)
 
@@ -444,10 +482,14 @@ def quickstart_search(
 
 
 def format_table(search: dict) -> str:
-    """The trials round by round as in the paper's table (chosen sets in bold), then the path and the stop."""
+    """The trials round by round as in the paper's table (chosen sets in bold; per-type scores held-out), then the
+    path, the stop and how many points one question is. A search that chose on a validation split has its average
+    in a column before the held-out one (a record from before validation splits has neither)."""
     trials = search["trials"]
     kinds = sorted({kind for trial in trials for kind in trial["scores"]})
-    header = ["Round", "Experts", *kinds, "Average", "Params (M)", "Tokens / image", "Wall (min)"]
+    validated = all("validation_average" in trial for trial in trials)
+    averages = ["Validation average", "Held-out average"] if validated else ["Average"]
+    header = ["Round", "Experts", *kinds, *averages, "Params (M)", "Tokens / image", "Wall (min)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for trial in trials:
         name = label(trial["experts"])
@@ -455,7 +497,12 @@ def format_table(search: dict) -> str:
             str(trial["round"]),
             f"**{name}**" if trial["chosen"] else name,
             *(f"{trial['scores'][kind]:.1%}" if kind in trial["scores"] else "—" for kind in kinds),
-            f"**{trial['average']:.1%}**" if trial["chosen"] else f"{trial['average']:.1%}",
+            *(
+                [f"**{trial['validation_average']:.1%}**" if trial["chosen"] else f"{trial['validation_average']:.1%}"]
+                if validated
+                else []
+            ),
+            f"**{trial['average']:.1%}**" if trial["chosen"] and not validated else f"{trial['average']:.1%}",
             f"{trial['parameters']['total'] / 1e6:.2f}",
             str(trial["tokens_per_image"]),
             f"{trial['wall_seconds'] / 60:.1f}",
@@ -466,7 +513,24 @@ def format_table(search: dict) -> str:
     lines.append(f"Chosen path: {' → '.join(steps)}. Stopped: {search['stopped'] or 'still running'}.")
     minutes = search.get("trials_wall_seconds", 0) / 60
     lines.append(f"{len(trials)} trials, {minutes:.1f} min of trial wall time in all.")
+    lines.append(margins(trials[0]))
     return "\n".join(lines) + "\n"
+
+
+def margins(trial: dict) -> str:
+    """What one question is worth, per type: 100/n points of that type's score (and 100/n/types of the average)."""
+
+    def per_type(questions: dict) -> str:
+        return ", ".join(
+            f"{kind} {n} ({points:.1f})"
+            for (kind, n), points in zip(sorted(questions.items()), point_per_question(questions).values())
+        )
+
+    line = "One question is 100/n points of its type's score; held-out questions (points each): "
+    line += per_type(trial["questions"])
+    if "validation_questions" in trial:
+        line += f"; validation: {per_type(trial['validation_questions'])}"
+    return line + "."
 
 
 def plot_search(search: dict, path: Path) -> None:

@@ -28,6 +28,10 @@ In both:
 * Hugging Face ``datasets`` folders (``hf/sft``, ``hf/captions``, ``hf/sft_heldout``) in TRL's vision-language
   format (``images`` + ``messages``), with ``type`` and ``answer`` columns for evaluation.
 
+``validation=0.1`` carves a validation split (``sft_validation.json``, ``hf/sft_validation``) out of the training
+images: the last tenth of them before the held-out ones, asked one question at a time like the held-out split and in
+no training split. A choice made on it (``eagle search-experts``) leaves the held-out split for the report.
+
 ``focus_types=("word",)`` adds ``sft_word.json`` / ``hf/sft_word``: the word question of every training image that
 has one, alone, for a stage that trains on that type only (the quickstart's stage 3a).
 
@@ -276,6 +280,7 @@ def generate(
     focus_types: tuple[str, ...] = (),
     scene: str = "mixed",
     overwrite: bool = False,
+    validation: float = 0.0,
 ) -> dict:
     """Draw ``n`` images into ``output_dir`` and write the captioning and question-answering splits in both formats.
 
@@ -296,43 +301,32 @@ def generate(
         scene: ``"mixed"`` (distinct shapes and colours; questions look one object up by another attribute) or
             ``"uniform"`` (copies of one coloured shape; questions ask what is drawn). See the module docstring.
         overwrite: replace the outputs of an earlier run in ``output_dir`` instead of raising.
+        validation: fraction of images, taken from the training images just before the held-out ones, whose
+            questions go to ``sft_validation`` (one question per record, no captions, in no training split).
 
     Returns:
         The manifest (also written to ``manifest.json``): records, images and per-type counts per split.
     """
-    _check_arguments(n, image_size, held_out, questions_per_image, focus_types, scene)
+    _check_arguments(n, image_size, held_out, questions_per_image, focus_types, scene, validation)
     output_dir = Path(output_dir)
     _clear_earlier_outputs(output_dir, overwrite)
     (output_dir / "images").mkdir(parents=True, exist_ok=True)
 
-    n_held_out = round(n * held_out)
-    if held_out > 0 and n_held_out == 0 and n > 1:
-        n_held_out = 1
-    splits = _Splits(["sft", "captions", "sft_heldout", *(f"sft_{kind}" for kind in focus_types)])
-    rng = random.Random(seed)
-    type_counts = {"train": Counter(), "held_out": Counter()}
+    names = ["sft", "captions", "sft_heldout", *(["sft_validation"] if validation else [])]
+    splits = _Splits([*names, *(f"sft_{kind}" for kind in focus_types)])
     metadata = []
-    for index in range(n):
-        split = "train" if index < n - n_held_out else "held_out"
-        image, meta = draw_image(rng, image_size, scene)
+    drawn = _draw(n, seed, image_size, held_out, questions_per_image, conversations, focus_types, scene, validation)
+    for index, split, image, meta, questions, groups in drawn:
         name = f"images/{index:05d}.png"
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         png = buffer.getvalue()
         (output_dir / name).write_bytes(png)
-        questions = _questions(meta, pick=rng.randrange(6), scene=scene)
         metadata.append({"image": name, "split": split, **meta})
 
         stem = f"{index:05d}"
         if split == "train":
             splits.add("captions", f"cap-{stem}", name, png, [("", _caption(meta["shapes"], meta["text"]))], "caption")
-        conversation = conversations and split == "train"
-        kinds = _pick_types(rng, questions, type_counts[split], questions_per_image, conversation)
-        rng.shuffle(kinds)
-        target = "sft" if split == "train" else "sft_heldout"
-        groups = [(target, kinds)] if conversation else [(target, [kind]) for kind in kinds]
-        if split == "train":
-            groups += [(f"sft_{kind}", [kind]) for kind in focus_types if kind in questions]
         for where, group in groups:
             kind = "+".join(group)
             splits.add(where, f"{kind}-{stem}", name, png, [questions[k] for k in group], kind)
@@ -341,6 +335,8 @@ def generate(
     _write_json(output_dir / "metadata.json", metadata)
     settings = {"seed": seed, "image_size": image_size, "n_images": n, "questions_per_image": questions_per_image}
     settings.update(conversations=conversations, focus_types=list(focus_types), scene=scene)
+    if validation:
+        settings["validation"] = validation
     manifest = {**settings, "splits": splits.summary()}
     _write_json(output_dir / "manifest.json", manifest)
     logger.info(
@@ -352,13 +348,71 @@ def generate(
     return manifest
 
 
-def _check_arguments(n, image_size, held_out, questions_per_image, focus_types, scene) -> None:
+def split_sizes(n: int, held_out: float, validation: float = 0.0) -> dict[str, int]:
+    """Images per split: the last ``round(n * held_out)`` are held out (at least one when ``held_out > 0`` and
+    ``n > 1``); the ``round(n * validation)`` before them are the validation split; the rest train."""
+    n_held_out = round(n * held_out)
+    if held_out > 0 and n_held_out == 0 and n > 1:
+        n_held_out = 1
+    n_validation = round(n * validation)
+    return {"train": n - n_held_out - n_validation, "validation": n_validation, "held_out": n_held_out}
+
+
+_TARGETS = {"train": "sft", "validation": "sft_validation", "held_out": "sft_heldout"}
+
+
+def _draw(n, seed, image_size, held_out, questions_per_image, conversations, focus_types, scene, validation=0.0):
+    """Every image in order: ``(index, split, image, meta, questions, groups)``, where ``groups`` lists the records
+    the image goes to as ``(split name, question types)``. The one place the seed's random stream is drawn from:
+    ``generate`` writes what this yields, :func:`held_out_answers` reads it without writing anything."""
+    sizes = split_sizes(n, held_out, validation)
+    rng = random.Random(seed)
+    type_counts = {split: Counter() for split in sizes}
+    for index in range(n):
+        split = "train" if index < sizes["train"] else "validation" if index < n - sizes["held_out"] else "held_out"
+        image, meta = draw_image(rng, image_size, scene)
+        questions = _questions(meta, pick=rng.randrange(6), scene=scene)
+        conversation = conversations and split == "train"
+        kinds = _pick_types(rng, questions, type_counts[split], questions_per_image, conversation)
+        rng.shuffle(kinds)
+        target = _TARGETS[split]
+        groups = [(target, kinds)] if conversation else [(target, [kind]) for kind in kinds]
+        if split == "train":
+            groups += [(f"sft_{kind}", [kind]) for kind in focus_types if kind in questions]
+        yield index, split, image, meta, questions, groups
+
+
+def held_out_answers(
+    n: int = 1000,
+    seed: int = 0,
+    image_size: int = 128,
+    held_out: float = 0.1,
+    questions_per_image: int = 2,
+    conversations: bool = False,
+    focus_types: tuple[str, ...] = (),
+    scene: str = "mixed",
+) -> list[dict]:
+    """The held-out split's rows as ``generate`` with the same arguments writes them (``type`` and ``answer``, in
+    order), computed without writing a file: what the held-out questions are and how their answers are spread."""
+    _check_arguments(n, image_size, held_out, questions_per_image, focus_types, scene)
+    rows = []
+    for _, split, _, _, questions, groups in _draw(
+        n, seed, image_size, held_out, questions_per_image, conversations, focus_types, scene
+    ):
+        if split == "held_out":
+            rows += [{"type": "+".join(group), "answer": questions[group[0]][1]} for _, group in groups]
+    return rows
+
+
+def _check_arguments(n, image_size, held_out, questions_per_image, focus_types, scene, validation=0.0) -> None:
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     if image_size < 48:
         raise ValueError(f"image_size must be >= 48 pixels, got {image_size}")
     if not 0 <= held_out < 1:
         raise ValueError(f"held_out must be in [0, 1), got {held_out}")
+    if not 0 <= validation < 1 or split_sizes(n, held_out, validation)["train"] < 1:
+        raise ValueError(f"validation must be in [0, 1) and leave training images, got {validation}")
     if questions_per_image < 1:
         raise ValueError(f"questions_per_image must be >= 1, got {questions_per_image}")
     if scene not in SCENES:
