@@ -17,7 +17,16 @@ from conftest import chat, make_image, pix2struct_patches, tiny_config, tiny_mod
 from transformers import AutoModelForImageTextToText, CompileConfig
 
 from eagle_hub.benchmarks import bench
-from eagle_hub.benchmarks.bench import STAGES, Times, check_no_sync, compute_bars, count_flops, expert_inputs
+from eagle_hub.benchmarks.bench import (
+    STAGES,
+    Times,
+    check_no_sync,
+    compute_bars,
+    count_flops,
+    expert_inputs,
+    inference,
+    timing,
+)
 from eagle_hub.cli import main
 from eagle_hub.modeling_eagle.modeling_eagle import (
     QUANTIZATION_SKIP_MODULES,
@@ -540,7 +549,7 @@ def test_a_slow_spell_over_one_set_of_rounds_leaves_ttft_above_prefill(monkeypat
         clock["last"] = now
         return clock["now"]
 
-    time_interleaved, rounds = bench.time_interleaved, []
+    time_interleaved, rounds = timing.time_interleaved, []
 
     def spelled_rounds(*args, **kwargs):
         clock["spell"] = not rounds
@@ -550,8 +559,10 @@ def test_a_slow_spell_over_one_set_of_rounds_leaves_ttft_above_prefill(monkeypat
         finally:
             clock["spell"] = False
 
-    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=perf_counter))
-    monkeypatch.setattr(bench, "time_interleaved", spelled_rounds)
+    # The clock is read where the rounds are timed and where the prefill inside a TTFT call is.
+    for module in (timing, inference):
+        monkeypatch.setattr(module, "time", SimpleNamespace(perf_counter=perf_counter))
+    monkeypatch.setattr(inference, "time_interleaved", spelled_rounds)
     settings = bench.Settings.for_preset("small", device="cpu", repeats=2, quick=True)
     settings.decode_tokens, settings.batch = 2, 2
     models = bench.build_models("small", torch.device("cpu"), torch.float32)
