@@ -1,1 +1,1 @@
-"""Benchmarks of Eagle: ``benchmarks.bench`` (``eagle bench``) and the conversion memory check."""
+"""Benchmarks of Eagle: the ``bench`` package (``eagle bench``), the CPU tower run and the conversion memory check."""

@@ -87,7 +87,7 @@ def expert_gflops(config) -> dict:
 
     from eagle_hub.modeling_eagle.modeling_eagle import EagleVisionTower
 
-    from .bench import tower_flops
+    from .bench.flops import tower_flops
 
     def flops(fn) -> int:
         with FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -103,7 +103,7 @@ def expert_gflops(config) -> dict:
 @contextlib.contextmanager
 def variant_applied(tower, variant: str):
     """The variant's settings on the tower for the duration (the fast path is enabled once, outside)."""
-    from .bench import fast_path_off
+    from .bench.fast_path import fast_path_off
 
     with contextlib.ExitStack() as stack:
         if "compiled" not in variant:
@@ -161,7 +161,7 @@ def build(preset: str, text_preset: str):
     from eagle_hub.modeling_eagle import EagleImageProcessor
     from eagle_hub.modeling_eagle.modeling_eagle import EagleForConditionalGeneration
 
-    from .bench import prompt_ids
+    from .bench.models import prompt_ids
 
     config = released_config(preset, text_preset)
     torch.manual_seed(0)
@@ -185,7 +185,7 @@ def run(
     """Every variant's figures (see the module doc); ``preset`` ``eagle-x5-tiny`` makes a quick smoke run."""
     import transformers
 
-    from .bench import device_name
+    from .bench.run import device_name
 
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or "eager" not in variants:
@@ -266,7 +266,7 @@ def summarize(variant, first_s, first_experts, calls, output, reference, gflops,
 
 
 def format_table(results: dict) -> str:
-    from .bench import cell, table
+    from .bench.report import cell, table
 
     lines = [
         f"full-size {results['preset']} tower at the released resolutions {results['resolutions']}: "

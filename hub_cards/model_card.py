@@ -464,7 +464,7 @@ def build_card(
         datasets=_datasets(training) or None,
         eval_results=eval_results or None,
     )
-    from eagle_hub.modeling_eagle.fusions import FUSION_CLASSES
+    from eagle_hub.modeling_eagle.fusion_registry import FUSION_CLASSES
 
     rows = _expert_rows(config, counts)
     parts_table = _md_table(

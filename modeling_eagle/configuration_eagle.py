@@ -10,7 +10,7 @@ import copy
 
 from transformers import AutoConfig, PretrainedConfig
 
-from .fusions import DEFAULT_FUSION, FUSION_CLASSES
+from .fusion_registry import DEFAULT_FUSION, FUSION_CLASSES
 
 EXPERT_TYPES = ("clip", "convnext", "sam", "eva02", "pix2struct", "dinov2")
 # Experts fed flattened patches (made by the processor) instead of an image tensor.

@@ -3,7 +3,7 @@ concatenated on channels in config order, through one MLP; an image takes ``grid
 
 import torch
 
-from .fusion import EagleMultiModalProjector, Fusion
+from .fusion_interface import EagleMultiModalProjector, Fusion
 
 
 class ChannelConcatFusion(Fusion, EagleMultiModalProjector):

@@ -10,7 +10,7 @@ import math
 import torch
 from torch import nn
 
-from .fusion import EagleMultiModalProjector, Fusion
+from .fusion_interface import EagleMultiModalProjector, Fusion
 
 MAX_GRID_SIZE = 128
 

@@ -5,7 +5,7 @@ the paper's "sequence append" baseline). An image takes the sum of the experts' 
 import torch
 from torch import nn
 
-from .fusion import EagleMultiModalProjector, Fusion
+from .fusion_interface import EagleMultiModalProjector, Fusion
 
 MAX_GRID_SIZE = 128
 

@@ -27,8 +27,8 @@ from .expert_dinov2 import Dinov2Expert
 from .expert_eva02 import Eva02Expert
 from .expert_pix2struct import Pix2StructExpert
 from .expert_sam import SamExpert
-from .fusion import EagleMultiModalProjector, Fusion
-from .fusions import FUSION_CLASSES
+from .fusion_interface import EagleMultiModalProjector, Fusion
+from .fusion_registry import FUSION_CLASSES
 from .vision_expert import VisionExpert
 
 logger = logging.get_logger(__name__)

@@ -1,5 +1,6 @@
 """Shared fixtures: tiny Eagle models, a locally built tokenizer, processors and saved folders (all offline)."""
 
+import importlib
 import math
 import os
 import re
@@ -55,6 +56,20 @@ def require_reference(*parts: str) -> Path:
             pytest.fail(f"{reason}; CI must have it", pytrace=False)
         pytest.skip(reason)
     return path
+
+
+def require_module(name: str, install: str = "pip install -e '.[test]'"):
+    """``import name``: an optional dependency a test needs (one of the ``test`` extra's, such as bitsandbytes).
+
+    Missing, the test is skipped locally; under CI (CI=true) the run fails instead, as for ``require_reference``:
+    ``pytest.importorskip`` would skip there too and a green run would hide the untested path."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        reason = f"{name} cannot be imported ({error}): {install}"
+        if IN_CI:
+            pytest.fail(f"{reason}; CI must have it", pytrace=False)
+        pytest.skip(reason)
 
 
 # Marks used by transformers' common test mixins (its repository conftest registers them).

@@ -9,7 +9,6 @@ import contextlib
 import importlib.util
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -17,9 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_image, tiny_config
+from conftest import IN_CI, make_image, tiny_config
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
 if importlib.util.find_spec("lmms_eval") is None:
     if IN_CI:
         pytest.fail("lmms-eval is not installed (CI must have it: bash scripts/setup.sh --eval)", pytrace=False)

@@ -10,7 +10,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import require_module, tiny_model
 from test_performance import prompt_inputs, real_expert_inputs
 from transformers import AutoModelForImageTextToText
 
@@ -262,7 +262,7 @@ def test_cpu_tower_measurement_smoke_run(tmp_path):
 def test_quantized_llm_with_the_fast_path_gives_the_same_tokens(saved_folder, processor, monkeypatch):
     """An 8-bit LLM (bitsandbytes, on a CPU) with the experts kept in full precision: the fast path compiles the
     experts as ever and the greedy tokens do not change."""
-    pytest.importorskip("bitsandbytes")
+    require_module("bitsandbytes")
     from transformers import BitsAndBytesConfig
 
     from eagle_hub.modeling_eagle.modeling_eagle import QUANTIZATION_SKIP_MODULES

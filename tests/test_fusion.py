@@ -82,7 +82,7 @@ def test_save_and_load_round_trip_keeps_the_fusion_and_logits(fused, tmp_path):
     saved = json.loads((folder / "config.json").read_text())
     assert saved["fusion"]["type"] == name
     assert json.loads((folder / "processor_config.json").read_text())["num_image_tokens"] == TOKENS[name]
-    for file in ("fusion.py", "fusions.py", *(f"fusion_{n}.py" for n in FUSIONS)):
+    for file in ("fusion_interface.py", "fusion_registry.py", *(f"fusion_{n}.py" for n in FUSIONS)):
         assert (folder / file).is_file(), file
     loaded = AutoModelForImageTextToText.from_pretrained(folder).eval()
     inputs = batch_inputs(processor)

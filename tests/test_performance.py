@@ -6,6 +6,7 @@ the tests check on made-up timings. The one timing relation asserted is that the
 the prefill it contains."""
 
 import json
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,11 +14,20 @@ from types import SimpleNamespace
 import pytest
 import torch
 from accelerate import infer_auto_device_map
-from conftest import chat, make_image, pix2struct_patches, tiny_config, tiny_model
+from conftest import chat, make_image, pix2struct_patches, require_module, tiny_config, tiny_model
 from transformers import AutoModelForImageTextToText, CompileConfig
 
 from eagle_hub.benchmarks import bench
-from eagle_hub.benchmarks.bench import STAGES, Times, check_no_sync, compute_bars, count_flops, expert_inputs
+from eagle_hub.benchmarks.bench import (
+    STAGES,
+    Times,
+    check_no_sync,
+    compute_bars,
+    count_flops,
+    expert_inputs,
+    inference,
+    timing,
+)
 from eagle_hub.cli import main
 from eagle_hub.modeling_eagle.modeling_eagle import (
     QUANTIZATION_SKIP_MODULES,
@@ -333,12 +343,25 @@ def test_quantization_skip_modules_cover_the_experts_and_projector_only(model):
 QUANTIZED_LOGIT_BOUNDS = {8: (0.02, 0.9999), 4: (0.2, 0.98)}
 
 
+@pytest.mark.parametrize("ci", [True, False], ids=["CI=true", "local"])
+def test_a_missing_test_dependency_fails_under_ci_and_skips_locally(ci, monkeypatch):
+    import conftest
+
+    monkeypatch.setattr(conftest, "IN_CI", ci)
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # what `import bitsandbytes` sees where it is missing
+    outcome = pytest.fail.Exception if ci else pytest.skip.Exception
+    with pytest.raises(outcome, match=r"^bitsandbytes cannot be imported \(.*\): pip install") as raised:
+        conftest.require_module("bitsandbytes")
+    assert raised.value.msg.endswith("; CI must have it") == ci
+    assert conftest.require_module("json") is json
+
+
 @pytest.mark.parametrize("bits", [4, 8])
 def test_quantized_llm_with_experts_and_projector_in_full_precision(saved_folder, model, processor, bits):
     """Only the LLM's linear layers are quantized: the experts, the projector and the LM head load bit for bit as
     saved, and the logits stay within the bounds above of the unquantized model's. The greedy tokens agree for the
     first 5 new tokens (measured: 5 of 8 at 8 bits, 7 of 8 at 4 bits; step 6 is a near tie at random weights)."""
-    pytest.importorskip("bitsandbytes")
+    require_module("bitsandbytes")
     from transformers import BitsAndBytesConfig
 
     kind = {"load_in_4bit": True} if bits == 4 else {"load_in_8bit": True}
@@ -540,7 +563,7 @@ def test_a_slow_spell_over_one_set_of_rounds_leaves_ttft_above_prefill(monkeypat
         clock["last"] = now
         return clock["now"]
 
-    time_interleaved, rounds = bench.time_interleaved, []
+    time_interleaved, rounds = timing.time_interleaved, []
 
     def spelled_rounds(*args, **kwargs):
         clock["spell"] = not rounds
@@ -550,8 +573,10 @@ def test_a_slow_spell_over_one_set_of_rounds_leaves_ttft_above_prefill(monkeypat
         finally:
             clock["spell"] = False
 
-    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=perf_counter))
-    monkeypatch.setattr(bench, "time_interleaved", spelled_rounds)
+    # The clock is read where the rounds are timed and where the prefill inside a TTFT call is.
+    for module in (timing, inference):
+        monkeypatch.setattr(module, "time", SimpleNamespace(perf_counter=perf_counter))
+    monkeypatch.setattr(inference, "time_interleaved", spelled_rounds)
     settings = bench.Settings.for_preset("small", device="cpu", repeats=2, quick=True)
     settings.decode_tokens, settings.batch = 2, 2
     models = bench.build_models("small", torch.device("cpu"), torch.float32)

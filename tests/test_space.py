@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_image
+from conftest import IN_CI, make_image
 
 from eagle_hub.hub_cards.fresh_process import PRELUDE
 
@@ -25,7 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SPACE = ROOT / "hub_cards" / "space"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-IN_CI = os.environ.get("CI", "").lower() == "true"
 QUESTION = "What colour is the square?"
 MAX_NEW_TOKENS = 12
 

@@ -5,7 +5,6 @@ it the mixin test files skip, except under CI (``CI=true``), where a missing fol
 """
 
 import atexit
-import os
 import shutil
 import sys
 import tempfile
@@ -14,13 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import IN_CI
 from PIL import Image
 
 TRANSFORMERS_TESTS = Path(__file__).resolve().parents[2] / "shared" / "transformers-tests"
 
 if not (TRANSFORMERS_TESTS / "tests" / "test_modeling_common.py").is_file():
     reason = f"transformers' common test mixins are not at {TRANSFORMERS_TESTS}"
-    if os.environ.get("CI", "").lower() == "true":
+    if IN_CI:
         pytest.fail(f"{reason} (CI must have them)", pytrace=False)
     pytest.skip(reason, allow_module_level=True)
 
