@@ -1,22 +1,23 @@
 """Print ``name==version`` for each of pyproject's dependencies at its lower bound (``name>=version``), one a line:
 what ``scripts/setup.sh --stack oldest`` installs, and what tests/test_stack.py holds constraints/oldest.txt to.
-
-Reads pyproject.toml's ``[project] dependencies`` list as text (no TOML parser: Python 3.10 has none built in)."""
+Runs with any Python 3.11+ (the standard library only: it runs before the venv has anything)."""
 
 import re
 import sys
+import tomllib
 from pathlib import Path
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
 
-def dependencies(text: str | None = None) -> list[str]:
+def project() -> dict:
+    """pyproject.toml's ``[project]`` table."""
+    return tomllib.loads(PYPROJECT.read_text())["project"]
+
+
+def dependencies() -> list[str]:
     """The requirement strings of ``[project] dependencies``."""
-    text = PYPROJECT.read_text() if text is None else text
-    block = re.search(r"^dependencies = \[(.*?)^\]", text, flags=re.M | re.S)
-    if block is None:
-        raise SystemExit(f"{PYPROJECT}: no [project] dependencies list")
-    return re.findall(r'^\s*"([^"]+)",', block.group(1), flags=re.M)
+    return project()["dependencies"]
 
 
 def lower_bounds(requirements: list[str]) -> dict[str, str]:

@@ -32,12 +32,10 @@ def stack(name: str) -> dict[str, Version]:
 
 def requirements(extras: tuple[str, ...] = ()) -> list[Requirement]:
     """pyproject's dependencies, and those of ``extras`` (naming other packages, not eagle-hub's own extras)."""
-    text = (ROOT / "pyproject.toml").read_text()
-    found = [Requirement(line) for line in LOWER_BOUNDS["dependencies"](text)]
+    project = LOWER_BOUNDS["project"]()
+    found = [Requirement(line) for line in project["dependencies"]]
     for extra in extras:
-        listed = re.search(rf"^{extra} = \[(.*?)\]$", text, flags=re.M | re.S)
-        assert listed, f"pyproject.toml has no extra {extra!r}"
-        found += [Requirement(item) for item in re.findall(r'"([^"]+)"', listed.group(1))]
+        found += [Requirement(line) for line in project["optional-dependencies"][extra]]
     return [requirement for requirement in found if canonical(requirement.name) != "eagle-hub"]
 
 
