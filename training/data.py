@@ -262,7 +262,8 @@ def _relabelled(dataset, column: str, feature):
     """``dataset.cast_column(column, feature)`` for a feature whose Arrow storage is the column's own (a list of
     images, decoded or not), without a copy. ``cast_column`` re-labels a top-level ``Image`` column in place of
     rewriting it, but sends a list of them through ``cast``: a ``map`` that writes every image's bytes again into a
-    cache file (the whole dataset, when the images are embedded). This is ``cast_column``'s own shortcut."""
+    cache file (the whole dataset, when the images are embedded). This is ``cast_column``'s own shortcut, on the
+    Dataset's private fields as it does (tests/test_image_paths.py checks that nothing is written)."""
     import copy
 
     from datasets.arrow_dataset import update_metadata_with_features
