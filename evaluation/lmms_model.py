@@ -112,6 +112,28 @@ def _settings_key(gen_kwargs) -> str:
     return json.dumps(gen_kwargs or {}, sort_keys=True, default=str)
 
 
+def load_visuals(image_processor, visuals, where: str) -> list[Image.Image]:
+    """A task's visuals (PIL images or image file paths) as the RGB images the processor is given, decoded by the
+    processor's own ``load_image`` as ``eagle generate`` and ``eagle serve`` decode them: EXIF orientation, the
+    pixel cap, transparency over white, and a truncated file refused although lmms-eval turns Pillow's
+    ``LOAD_TRUNCATED_IMAGES`` on. Errors name the task and the file."""
+    images = []
+    for index, visual in enumerate(visuals or []):
+        if visual is None:
+            continue
+        label = f"{where}: image {index}"
+        if isinstance(visual, (str, Path)) and str(visual).lower().endswith(IMAGE_SUFFIXES):
+            images.append(image_processor.load_image(visual, where=label))
+        elif isinstance(visual, Image.Image):
+            images.append(image_processor.load_image(visual, where=label))
+        else:
+            raise ValueError(
+                f"eagle takes images and text only, but {where} gave a {type(visual).__name__} "
+                f"({str(visual)[:80]!r}); video and audio tasks are not supported"
+            )
+    return images
+
+
 class EagleLmms(lmms):
     """lmms-eval's simple requests: ``(context, gen_kwargs, doc_to_visual, doc_id, task, split)``."""
 
@@ -211,22 +233,8 @@ class EagleLmms(lmms):
     def _doc(self, task: str, split: str, doc_id: int):
         return self.task_dict[task][split][doc_id]
 
-    @staticmethod
-    def _images(visuals, where: str) -> list[Image.Image]:
-        """A task's visuals as RGB images (the processor resizes them for each expert)."""
-        images = []
-        for visual in visuals or []:
-            if visual is None:
-                continue
-            if isinstance(visual, (str, Path)) and str(visual).lower().endswith(IMAGE_SUFFIXES):
-                visual = Image.open(visual)
-            if not isinstance(visual, Image.Image):
-                raise ValueError(
-                    f"eagle takes images and text only, but {where} gave a {type(visual).__name__} "
-                    f"({str(visual)[:80]!r}); video and audio tasks are not supported"
-                )
-            images.append(visual.convert("RGB"))
-        return images
+    def _images(self, visuals, where: str) -> list[Image.Image]:
+        return load_visuals(self.processor.image_processor, visuals, where)
 
     def _conversation(self, text: str, n_images: int) -> list[dict]:
         """One user turn: an image block per image, then the text; a text holding exactly one ``<image>`` per image
@@ -354,7 +362,8 @@ class EagleLmms(lmms):
     def generate_until(self, requests) -> list[GenerationResult]:
         def turn(args):
             context, _, doc_to_visual, doc_id, task, split = args
-            visuals = self._images(doc_to_visual(self._doc(task, split, doc_id)) if doc_to_visual else [], task)
+            doc = self._doc(task, split, doc_id)
+            visuals = self._images(doc_to_visual(doc) if doc_to_visual else [], f"{task} doc {doc_id}")
             return self._fitted_turn(context, visuals)
 
         items = [request.args for request in requests]
@@ -369,7 +378,7 @@ class EagleLmms(lmms):
         for request in tqdm(requests, desc="eagle multi-round", unit="request", disable=self.rank != 0):
             context, gen_kwargs, doc_to_visual, doc_to_text, doc_id, task, split = request.args
             doc = self._doc(task, split, doc_id)
-            images = self._images(doc_to_visual(doc) if doc_to_visual else [], task)
+            images = self._images(doc_to_visual(doc) if doc_to_visual else [], f"{task} doc {doc_id}")
             text, rounds, info = context, [], None
             for round_idx in range(1, MAX_ROUNDS + 1):
                 prompt, images = self._fitted_turn(text, images)
@@ -380,7 +389,7 @@ class EagleLmms(lmms):
                 rounds = list(previous) if previous is not None else rounds
                 if terminal:
                     break
-                images = self._images(visuals, task)
+                images = self._images(visuals, f"{task} doc {doc_id} round {round_idx + 1}")
             else:
                 raise ValueError(f"{task} doc {doc_id}: no terminal round after {MAX_ROUNDS} rounds")
             outputs.append(rounds)
@@ -430,7 +439,7 @@ class EagleLmms(lmms):
             doc = self._doc(task, split, doc_id)
             if callable(continuation):
                 continuation = continuation(doc)
-            images = self._images(doc_to_visual(doc) if doc_to_visual else [], task)
+            images = self._images(doc_to_visual(doc) if doc_to_visual else [], f"{task} doc {doc_id}")
             _, images = self._fitted_turn(context, images)
             conversation = self._conversation(context, len(images))
             prompt = self._prompt(conversation)
@@ -451,7 +460,7 @@ class EagleLmmsChat(EagleLmms):
 
     def _from_messages(self, messages, where: str) -> tuple[list[dict], list[Image.Image]]:
         """The chat template's conversation (image blocks without their payload) and the images, in order."""
-        conversation, images = [], []
+        conversation, visuals = [], []
         for message in messages:
             content = message.get("content")
             blocks = [{"type": "text", "text": content}] if isinstance(content, str) else list(content or [])
@@ -461,7 +470,7 @@ class EagleLmmsChat(EagleLmms):
                 if kind == "text":
                     rendered.append({"type": "text", "text": block.get("text") or ""})
                 elif kind == "image":
-                    images += self._images([block.get("url", block.get("image"))], where)
+                    visuals.append(block.get("url", block.get("image")))
                     rendered.append({"type": "image"})
                 else:
                     raise ValueError(
@@ -469,6 +478,7 @@ class EagleLmmsChat(EagleLmms):
                         "video and audio tasks are not supported"
                     )
             conversation.append({"role": message["role"], "content": rendered})
+        images = self._images(visuals, where)
         conversation = self._with_system(conversation)
         keep = self._images_that_fit(self._prompt(conversation), len(images))
         for _ in range(len(images) - keep):  # leave out the last image blocks
@@ -480,7 +490,8 @@ class EagleLmmsChat(EagleLmms):
     def generate_until(self, requests) -> list[GenerationResult]:
         def turn(args):
             _, doc_to_messages, _, doc_id, task, split = args
-            conversation, visuals = self._from_messages(doc_to_messages(self._doc(task, split, doc_id)), task)
+            doc = self._doc(task, split, doc_id)
+            conversation, visuals = self._from_messages(doc_to_messages(doc), f"{task} doc {doc_id}")
             return self._prompt(conversation), visuals
 
         items = [request.args for request in requests]
@@ -496,7 +507,7 @@ class EagleLmmsChat(EagleLmms):
             doc = self._doc(task, split, doc_id)
             messages, rounds, info = doc_to_messages(doc), [], None
             for round_idx in range(1, MAX_ROUNDS + 1):
-                conversation, images = self._from_messages(messages, task)
+                conversation, images = self._from_messages(messages, f"{task} doc {doc_id}")
                 rounds.append(self._generate([self._prompt(conversation)], images, gen_kwargs)[0].text)
                 payload = doc_to_messages(
                     doc, round_idx=round_idx, previous_output=list(rounds), previous_round_info=info
@@ -518,4 +529,4 @@ class EagleLmmsChat(EagleLmms):
         )
 
 
-__all__ = ["EagleLmms", "EagleLmmsChat", "end_of_turn", "truncate_at"]
+__all__ = ["EagleLmms", "EagleLmmsChat", "end_of_turn", "load_visuals", "truncate_at"]

@@ -133,16 +133,20 @@ def _check_pixels(width: int, height: int, limit: int, where: str) -> None:
 
 
 def open_image(source, where: str, limit: int) -> Image.Image:
-    """Open a path (or take a PIL image), check its size before decoding, use its first frame, apply its EXIF
-    orientation and decode it; every failure names the input."""
+    """Open a path or a binary file object (or take a PIL image), check its size before decoding, use its first
+    frame, apply its EXIF orientation and decode it; every failure names the input."""
     if isinstance(source, Image.Image):
         image = source
     else:
-        text = str(source)
-        if text.startswith(("http://", "https://")):
-            raise ValueError(f"{where} is a URL ({text}); download it and pass the file or a PIL image")
+        if hasattr(source, "read"):
+            # An image file in memory (`datasets` embeds images as bytes): opened here, so it meets a path's checks.
+            text, stream = "the image data given", source
+        else:
+            text = stream = str(source)
+            if text.startswith(("http://", "https://")):
+                raise ValueError(f"{where} is a URL ({text}); download it and pass the file or a PIL image")
         try:
-            image = Image.open(text)
+            image = Image.open(stream)
         except Image.DecompressionBombError as error:
             raise ValueError(
                 f"{where}: {text} is refused as a decompression bomb by Pillow ({error}); a larger max_image_pixels "
@@ -153,8 +157,12 @@ def open_image(source, where: str, limit: int) -> Image.Image:
         except IsADirectoryError:
             raise ValueError(f"{where}: {text} is a folder, not an image file") from None
         except (UnidentifiedImageError, OSError) as error:
-            raise ValueError(f"{where}: {text} is not a readable image ({error})") from None
-        where = f"{where} ({text})"
+            # Pillow names the stream in this message; an in-memory one's repr says nothing to the reader.
+            unnamed = isinstance(error, UnidentifiedImageError) and not isinstance(stream, str)
+            detail = "no image format Pillow reads" if unnamed else error
+            raise ValueError(f"{where}: {text} is not a readable image ({detail})") from None
+        if isinstance(stream, str):
+            where = f"{where} ({text})"
     _check_pixels(image.width, image.height, limit, where)
     if getattr(image, "n_frames", 1) > 1:
         image.seek(0)  # animated GIF/WebP/APNG: the first frame
@@ -403,9 +411,9 @@ class EagleImageProcessor(PilBackend):
         ]
 
     def load_image(self, source, where: str = "image") -> Image.Image:
-        """The RGB image in a file (or a PIL image), as every Eagle command opens one: size checked against
-        ``max_image_pixels`` before decoding, first frame, EXIF orientation applied, transparency over white.
-        Every failure is a ``ValueError`` that names ``where`` and the file."""
+        """The RGB image in a file (a path or a binary file object) or a PIL image, as every Eagle command opens one:
+        size checked against ``max_image_pixels`` before decoding, first frame, EXIF orientation applied,
+        transparency over white. Every failure is a ``ValueError`` that names ``where`` and the file."""
         image = open_image(source, where, self.max_image_pixels)
         if image.width == 0 or image.height == 0:
             raise ValueError(f"{where} has size {image.width}x{image.height} (width x height); it must not be empty")

@@ -6,13 +6,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import tiny_config
 from datasets import load_from_disk
 from PIL import Image
 
+from eagle_hub.modeling_eagle import EagleImageProcessor
 from eagle_hub.modeling_eagle.hub_folder import build_processor
 from eagle_hub.training import synth
-from eagle_hub.training.data import DataFormatError, load_data, load_hf_dataset, load_llava_json
+from eagle_hub.training.data import DataFormatError, load_data, load_hf_dataset, load_images, load_llava_json
 
 SIZE = 96
 
@@ -84,7 +86,7 @@ def test_both_formats_hold_the_same_records(synth_dir):
         for i in (0, len(records) - 1):
             from_file = np.asarray(Image.open(path / records[i]["image"]).convert("RGB"))
             assert np.array_equal(np.asarray(hf[i]["images"][0]), from_file)
-            assert np.array_equal(np.asarray(llava[i]["images"][0]), from_file)
+            assert np.array_equal(np.asarray(_decoded(llava[i])[0]), from_file)
     heldout = _read(path / "sft_heldout.json")
     assert all(r["type"] in synth.QUESTION_TYPES for r in heldout)
     caption = _read(path / "captions.json")[0]["conversations"]
@@ -263,6 +265,11 @@ def test_answers_match_the_pixels(synth_dir):
 # ----------------------------------------------------------------------------------------------- loaders
 
 
+def _decoded(row) -> list:
+    """A loaded row's images, decoded as the training collator decodes them (the loaders leave them undecoded)."""
+    return load_images(EagleImageProcessor(), row["images"], f"row {row.get('id')!r}")
+
+
 def _image(folder: Path, name: str, colour=(200, 30, 30), mode="RGB") -> str:
     folder.mkdir(parents=True, exist_ok=True)
     Image.new(mode, (24, 20), colour if mode == "RGB" else 128).save(folder / name)
@@ -323,8 +330,8 @@ def test_llava_json_to_trl_messages(tmp_path):
     ]
     rows = list(dataset)
     assert [len(row["images"]) for row in rows] == [1, 1, 0, 2, 1]
-    assert all(im.mode == "RGB" for row in rows for im in row["images"])  # the greyscale PNG too
-    assert rows[3]["images"][1].getpixel((0, 0)) == (0, 0, 200)
+    assert all(im.mode == "RGB" for row in rows for im in _decoded(row))  # the greyscale PNG too
+    assert _decoded(rows[3])[1].getpixel((0, 0)) == (0, 0, 200)
 
     # JSON lines, the image folder defaulting to the file's folder, blank lines ignored
     (images / "data.jsonl").write_text("\n".join(json.dumps(r) for r in records[:2]) + "\n\n")
@@ -376,7 +383,7 @@ def test_load_data_and_hf_sources(tmp_path, synth_dir):
     path, manifest = synth_dir
     hf = load_data({"format": "hf", "path": "data/hf/sft", "max_samples": 5}, path.parent)
     assert len(hf) == 5 and {"images", "messages", "type", "answer"} <= set(hf.column_names)
-    assert hf[0]["images"][0].mode == "RGB"
+    assert _decoded(hf[0])[0].mode == "RGB"
     llava = load_data({"format": "llava", "path": "sft.json", "image_folder": "."}, path)
     assert len(llava) == manifest["splits"]["sft"]["records"]
     assert llava["messages"] == load_hf_dataset(path / "hf" / "sft")["messages"]
@@ -386,7 +393,8 @@ def test_load_data_and_hf_sources(tmp_path, synth_dir):
     row = {"images": ["imgs/a.png"], "messages": [{"role": "user", "content": "Hi"}]}
     (tmp_path / "rows.jsonl").write_text(json.dumps(row) + "\n")
     from_json = load_data({"format": "hf", "path": "rows.jsonl"}, tmp_path)
-    assert from_json[0]["images"][0].size == (24, 20) and from_json[0]["images"][0].mode == "RGB"
+    image = _decoded(from_json[0])[0]
+    assert image.size == (24, 20) and image.mode == "RGB"
 
     (tmp_path / "wrong.jsonl").write_text(json.dumps({"text": "no images"}) + "\n")
     with pytest.raises(DataFormatError, match=r"missing column\(s\) \['images', 'messages'\]"):
@@ -402,13 +410,19 @@ def test_load_data_and_hf_sources(tmp_path, synth_dir):
 def test_trl_collator_accepts_loaded_records(tokenizer, synth_dir):
     from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
+    from eagle_hub.training.collator import make_collator
+
     path, _ = synth_dir
     config = tiny_config(tokenizer)
     processor = build_processor(config, tokenizer)
     dataset, _ = load_llava_json(path / "sft.json", path)
     collator = DataCollatorForVisionLanguageModeling(processor, assistant_only_loss=True)
-    examples = [dataset[i] for i in range(4)]
+    examples = [{**dataset[i], "images": _decoded(dataset[i])} for i in range(4)]
     batch = collator(examples)
+    # The package's collator takes the loaded (undecoded) rows as they are and decodes them the same way.
+    ours = make_collator(processor)([dataset[i] for i in range(4)])
+    assert all(torch.equal(a, b) for a, b in zip(ours["pixel_values"], batch["pixel_values"], strict=True))
+    assert torch.equal(ours["input_ids"], batch["input_ids"])
 
     image_id = processor.image_token_id
     n_image_tokens = (batch["input_ids"] == image_id).sum(-1)

@@ -4,10 +4,17 @@ TRL's ``SFTTrainer`` reads rows ``{"images": [PIL.Image, ...], "messages": [...]
 ``{"type": "image"}`` block per image, in order. The authors' records look like
 ``{"id", "image": "relative/path.png" (or a list), "conversations": [{"from": "human", "value": "<image>\\n..."},
 {"from": "gpt", "value": "..."}]}``; ``load_llava_json`` converts them, checking every record
-and naming the file, index and id of any that is broken. Images are read lazily (a ``datasets`` ``Image`` feature
-with ``mode="RGB"``), so a 558k-record caption set loads in seconds and decodes as RGB when the trainer reads it.
+and naming the file, index and id of any that is broken.
+
+Images stay undecoded in the loaded datasets (``Image(decode=False)``: a path, or a file's bytes), so a 558k-record
+caption set loads in seconds, and ``map``/``filter``/``shuffle`` neither decode nor re-encode them. The training
+collator decodes each batch's images with the processor's own ``EagleImageProcessor.load_image`` (:func:`load_images`),
+as ``eagle generate``, ``eagle serve`` and ``eagle eval`` do, so that a file gives the model the same pixels
+everywhere: ``datasets``' own decoding flattens transparency differently, clips 16-bit images, has no pixel cap, and
+accepts a truncated file whenever Pillow's process-wide ``LOAD_TRUNCATED_IMAGES`` is on.
 """
 
+import io
 import json
 from pathlib import Path
 
@@ -27,17 +34,18 @@ class DataFormatError(ValueError):
     """A record (or the file) that cannot be turned into a training row; the message names file, index and id."""
 
 
-def features(*extra: str):
+def features(*extra: str, decode: bool = True):
     """The column schema of every dataset the package writes, in TRL's vision-language format: ``id``, ``images``
-    (decoded as RGB), ``messages`` (content blocks of type ``image``/``text``), plus ``extra`` string columns (the
-    question ``type`` and ``answer`` that evaluation reads)."""
+    (decoded as RGB by ``datasets`` when read directly; ``decode=False``, as the training loaders read them, leaves
+    them for :func:`load_images`), ``messages`` (content blocks of type ``image``/``text``), plus ``extra`` string
+    columns (the question ``type`` and ``answer`` that evaluation reads)."""
     from datasets import Features, List, Value
     from datasets import Image as ImageFeature
 
     block = {"type": Value("string"), "text": Value("string")}
     columns = {
         "id": Value("string"),
-        "images": List(ImageFeature(mode="RGB")),
+        "images": List(ImageFeature(mode="RGB") if decode else ImageFeature(decode=False)),
         "messages": List({"role": Value("string"), "content": List(block)}),
     }
     columns.update({name: Value("string") for name in extra})
@@ -156,8 +164,8 @@ def load_llava_json(json_path, image_folder=None, skip_bad: bool = False, max_sa
         max_samples: stop after this many good records.
 
     Returns:
-        ``(dataset, n_skipped)``: a ``datasets.Dataset`` with columns ``id``, ``images`` (lazily decoded RGB images),
-        ``messages`` and, when the records have one, ``type``.
+        ``(dataset, n_skipped)``: a ``datasets.Dataset`` with columns ``id``, ``images`` (undecoded, for
+        :func:`load_images`), ``messages`` and, when the records have one, ``type``.
 
     Raises:
         DataFormatError: naming the file, record index (and JSONL line) and id of the first broken record.
@@ -206,7 +214,7 @@ def load_llava_json(json_path, image_folder=None, skip_bad: bool = False, max_sa
     }
     if with_type:
         table["type"] = [row.get("type") for row in rows]
-    dataset = Dataset.from_dict(table, features=features(*(["type"] if with_type else [])))
+    dataset = Dataset.from_dict(table, features=features(*(["type"] if with_type else []), decode=False))
     logger.info("Loaded %d records from %s (images under %s)", len(dataset), json_path, image_folder)
     return dataset, skipped
 
@@ -224,19 +232,21 @@ def _validate_columns(dataset, where: str):
         )
 
 
-def _rgb_images(dataset, root: Path | None):
-    """Make the ``images`` column a list of RGB-decoded ``Image`` features (paths resolved against ``root``)."""
+def _undecoded_images(dataset, root: Path | None):
+    """Make the ``images`` (or TRL's single ``image``) column undecoded ``Image`` features, for :func:`load_images`
+    (string paths resolved against ``root``). Image columns change their schema only: nothing is copied."""
     from datasets import Image as ImageFeature
     from datasets import List, Value
 
+    undecoded = ImageFeature(decode=False)
+    if "image" in dataset.column_names and isinstance(dataset.features["image"], ImageFeature):
+        dataset = dataset.cast_column("image", undecoded)
     if "images" not in dataset.column_names:
         return dataset
     feature = dataset.features["images"]
     inner = getattr(feature, "feature", None)
     if isinstance(inner, ImageFeature):
-        if inner.mode != "RGB" and inner.decode:
-            dataset = dataset.cast_column("images", List(ImageFeature(mode="RGB")))
-        return dataset
+        return _relabelled(dataset, "images", List(undecoded)) if inner.decode else dataset
     if isinstance(inner, Value) and inner.dtype in ("string", "large_string"):
 
         def absolute(batch):
@@ -244,8 +254,51 @@ def _rgb_images(dataset, root: Path | None):
             return {"images": resolved}
 
         dataset = dataset.map(absolute, batched=True, desc="Resolving image paths")
-        return dataset.cast_column("images", List(ImageFeature(mode="RGB")))
+        return dataset.cast_column("images", List(undecoded))
     raise DataFormatError(f'the "images" column has type {feature}; expected a list of images or of image paths')
+
+
+def _relabelled(dataset, column: str, feature):
+    """``dataset.cast_column(column, feature)`` for a feature whose Arrow storage is the column's own (a list of
+    images, decoded or not), without a copy. ``cast_column`` re-labels a top-level ``Image`` column in place of
+    rewriting it, but sends a list of them through ``cast``: a ``map`` that writes every image's bytes again into a
+    cache file (the whole dataset, when the images are embedded). This is ``cast_column``'s own shortcut, on the
+    Dataset's private fields as it does (tests/test_image_paths.py checks that nothing is written)."""
+    import copy
+
+    from datasets.arrow_dataset import update_metadata_with_features
+    from datasets.fingerprint import Hasher
+
+    relabelled = copy.deepcopy(dataset)  # shares the (immutable) Arrow tables
+    relabelled._info.features[column] = feature
+    relabelled._data = update_metadata_with_features(
+        relabelled._data.cast(relabelled._info.features.arrow_schema), relabelled._info.features
+    )
+    relabelled._fingerprint = Hasher.hash((dataset._fingerprint, "relabelled", column, str(feature)))
+    return relabelled
+
+
+def load_images(image_processor, images, where: str) -> list:
+    """A row's images as the model is given them: each decoded by ``image_processor.load_image`` (the one loader
+    every Eagle command uses). ``images`` holds what a loaded dataset gives: ``datasets``' undecoded
+    ``{"bytes", "path"}`` entries, paths, or PIL images. A file that cannot be decoded (missing, corrupt,
+    truncated, over the pixel cap) raises :class:`DataFormatError` naming ``where``, the image and its file."""
+    loaded = []
+    for index, image in enumerate(images or []):
+        label = f"{where} image {index}"
+        if isinstance(image, dict):
+            path, data = image.get("path"), image.get("bytes")
+            if data is not None:
+                label, image = (f"{label} ({path})" if path else label), io.BytesIO(data)
+            elif path is not None:
+                image = path
+            else:
+                raise DataFormatError(f"{label} has neither bytes nor a path: {image!r}")
+        try:
+            loaded.append(image_processor.load_image(image, where=label))
+        except ValueError as error:
+            raise DataFormatError(f"{error}; replace the image or remove the sample from the data") from None
+    return loaded
 
 
 def load_hf_dataset(path, split: str | None = None):
@@ -253,7 +306,8 @@ def load_hf_dataset(path, split: str | None = None):
     that ``datasets.load_dataset`` reads, or a cached Hub dataset id, with ``images`` + ``messages`` columns.
 
     ``split`` picks a split of a ``DatasetDict`` or a ``load_dataset`` source (default ``"train"``, or the only one).
-    Image paths stored as strings are resolved against the data's folder and decoded as RGB.
+    Image paths stored as strings are resolved against the data's folder; images are left undecoded for
+    :func:`load_images`.
     """
     from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
@@ -296,7 +350,7 @@ def load_hf_dataset(path, split: str | None = None):
         logger.warning("%s is a single saved split; ignoring split=%r", text, split)
 
     _validate_columns(dataset, text)
-    dataset = _rgb_images(dataset, root)
+    dataset = _undecoded_images(dataset, root)
     logger.info("Loaded %d rows from %s", len(dataset), text)
     return dataset
 

@@ -168,6 +168,8 @@ def evaluate(folder: Path, heldout, batch_size: int = 32) -> dict:
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from .data import load_images
+
     processor = AutoProcessor.from_pretrained(folder)
     model = AutoModelForImageTextToText.from_pretrained(folder).eval()
     right, total = Counter(), Counter()
@@ -175,7 +177,9 @@ def evaluate(folder: Path, heldout, batch_size: int = 32) -> dict:
     for start in range(0, len(rows), batch_size):
         batch = rows[start : start + batch_size]
         texts = [processor.apply_chat_template(r["messages"][:1], add_generation_prompt=True) for r in batch]
-        inputs = processor(images=[r["images"] for r in batch], text=texts, return_tensors="pt", padding=True)
+        # Decoded as the training collator decodes them (rows from load_data hold undecoded images).
+        images = [load_images(processor.image_processor, r["images"], f"held-out row {r.get('id')!r}") for r in batch]
+        inputs = processor(images=images, text=texts, return_tensors="pt", padding=True)
         with torch.inference_mode():
             output = model.generate(**inputs, max_new_tokens=8, do_sample=False)
         answers = processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
