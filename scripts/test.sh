@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up .venv on the stack CI tests (constraints/latest.txt) and run what CI runs: lint, format check, the test
-# suite, then the remote-code, modeling, serving and training tests on the oldest stack (constraints/oldest.txt:
-# pyproject's lower bounds, transformers 5.20 among them) in .venv-oldest.
+# suite, then the remote-code, modeling, processing, serving and training tests on the oldest stack
+# (constraints/oldest.txt: pyproject's lower bounds, transformers 5.20 among them) in .venv-oldest.
 # Usage: bash scripts/test.sh [--eval] [--newest]
 #   --eval    also install lmms-eval (the eval extra, about 1 GB), so that tests/test_eval.py runs instead of being
 #             skipped; CI installs it first (.ci/run), and there a missing lmms-eval fails.
@@ -35,4 +35,5 @@ VENV="${EAGLE_VENV:-.venv}"
 # The oldest stack, in its own venv: what pyproject's lower bounds promise.
 EAGLE_VENV="${VENV}-oldest" bash scripts/setup.sh --stack oldest
 "${VENV}-oldest/bin/python" -m pytest -q tests/test_stack.py tests/test_remote_code.py tests/test_modeling.py \
-  tests/test_processing.py tests/test_image_processing.py tests/test_serve.py tests/test_training.py
+  tests/test_processing.py tests/test_image_processing.py tests/test_image_paths.py tests/test_serve.py \
+  tests/test_training.py tests/test_training_data.py
