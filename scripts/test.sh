@@ -35,5 +35,5 @@ VENV="${EAGLE_VENV:-.venv}"
 # The oldest stack, in its own venv: what pyproject's lower bounds promise.
 EAGLE_VENV="${VENV}-oldest" bash scripts/setup.sh --stack oldest
 "${VENV}-oldest/bin/python" -m pytest -q tests/test_stack.py tests/test_remote_code.py tests/test_modeling.py \
-  tests/test_processing.py tests/test_image_processing.py tests/test_image_paths.py tests/test_serve.py \
+  tests/test_processing.py tests/test_image_processing.py tests/test_serve.py \
   tests/test_training.py tests/test_training_data.py

@@ -112,6 +112,8 @@ def install(image_dir=None, register=()) -> None:
     chat = chat_completion.ChatCompletionHandler
     if engine:
         model_manager.ModelLoader = _engine_loader_class()  # Serve builds its loader from this name
+        engine_client = model_manager.EngineClient
+        engine_client._send_request = _sending_arrays(engine_client._send_request)
         chat._build_generation_kwargs = _sampling_kwargs(chat._build_generation_kwargs)
         handler._check_prompt_length = _context_checked(handler._check_prompt_length)
     else:
@@ -175,6 +177,9 @@ def check_stack() -> bool:
             "EngineClient.start_process, spawning the engine with the loader": callable(
                 getattr(model_manager.EngineClient, "start_process", None)
             ),
+            "EngineClient._send_request(self, method, args, streamer)": takes(
+                getattr(model_manager.EngineClient, "_send_request", None), "self", "method", "args", "streamer"
+            ),
             "ChatCompletionHandler._build_generation_kwargs(self, body, model_generation_config)": takes(
                 getattr(chat, "_build_generation_kwargs", None), "self", "body", "model_generation_config"
             ),
@@ -216,8 +221,10 @@ class _LoadThroughAutoClass:
 
         @functools.wraps(generate)
         def generate_checked(*args, generation_config=None, **kwargs):
-            # In-process only (the engine seeds and checks before it calls generate): runs on the generation
-            # thread, right before this request's generation (see _sampling).
+            # Engine: the prompt's tensors crossed from the API process as numpy arrays (see _sending_arrays).
+            kwargs = {key: _as_tensors(value, model.device) for key, value in kwargs.items()}
+            # In-process (the engine seeds and checks before it calls generate): runs on the generation thread,
+            # right before this request's generation (see _sampling).
             input_ids = kwargs.get("input_ids")
             if context is not None and input_ids is not None and input_ids.shape[-1] >= context:
                 raise RequestError(
@@ -276,6 +283,44 @@ def _engine_loader_class():
 
     EagleModelLoader.__module__, EagleModelLoader.__qualname__ = __name__, "EagleModelLoader"
     return EagleModelLoader
+
+
+def _sending_arrays(send):
+    """torch pickles a tensor put on a multiprocessing queue into shared memory: a file made, its descriptor passed
+    over a socket and fetched back by the engine, for each of a request's tensors (profiled: about 10 ms of the
+    API and engine processes' time a request, most of the server's overhead over ``generate`` for a small model).
+    The prompt's tensors (token ids, one pixel tensor per expert: a few MB at most) cross as numpy arrays instead,
+    copied with the message; the model's ``generate`` in the engine turns them back (``_LoadThroughAutoClass``)."""
+
+    @functools.wraps(send)
+    async def _send_request(self, method, args, streamer=None):
+        if method == "generate":
+            inputs, *rest = args
+            args = ({key: _as_arrays(value) for key, value in inputs.items()}, *rest)
+        return await send(self, method, args, streamer)
+
+    return _send_request
+
+
+def _as_arrays(value):
+    import torch
+
+    if isinstance(value, (list, tuple)):
+        return type(value)(_as_arrays(item) for item in value)
+    if isinstance(value, torch.Tensor) and value.device.type == "cpu" and value.dtype != torch.bfloat16:
+        return value.numpy()
+    return value
+
+
+def _as_tensors(value, device):
+    import numpy as np
+    import torch
+
+    if isinstance(value, (list, tuple)):
+        return type(value)(_as_tensors(item, device) for item in value)
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value).to(device)
+    return value
 
 
 # ------------------------------------------------------------------------------------------------------ requests

@@ -89,3 +89,14 @@ def test_this_environment_is_the_stack_it_was_set_up_from():
     assert not unpinned, f"installed but not in constraints/{name}.txt: {unpinned}"
     wrong = {n: (str(v), str(pins[n])) for n, v in installed.items() if Version(v.public) != pins[n]}
     assert not wrong, f"installed (version, pin) differing from constraints/{name}.txt: {wrong}"
+
+
+def test_the_readme_states_the_pinned_stacks():
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    latest, oldest = stack("latest"), stack("oldest")
+    assert f"`constraints/latest.txt` (transformers {latest['transformers']}, torch {latest['torch']}," in readme
+    for name, shown in (("transformers", "transformers"), ("trl", "TRL"), ("peft", "PEFT")):
+        assert f"{shown} {oldest[name]}" in readme.split("`constraints/oldest.txt`", 1)[1][:300], name
+    (served,) = [r for r in requirements(("serve",)) if canonical(r.name) == "transformers" and r.extras]
+    bounds = ",".join(sorted((str(s) for s in served.specifier), key=lambda s: s[0] != ">"))
+    assert f"`eagle serve` takes transformers `{bounds}`" in readme
