@@ -110,3 +110,26 @@ def test_the_readme_common_tests_table_and_skip_list_are_the_record():
     assert sum(groups.values()) == sum(counts["skipped"] for counts in record["mixins"].values())
     for label, count in groups.items():
         assert f"{label} ({count})" in prose, (label, count)
+
+
+def test_the_cpu_tower_table_is_its_record():
+    """docs/performance.md's CPU tower table: every steady time is docs/cpu-tower-x5.json's, at the table's
+    precision, and the greedy-token column and the run's facts (one repeat, 19 min) are the record's."""
+    root = Path(__file__).resolve().parents[1]
+    record = json.loads((root / "docs" / "cpu-tower-x5.json").read_text())
+    text = (root / "docs" / "performance.md").read_text()
+    rows = {
+        "eager (fp32)": "eager",
+        "compiled (inductor, fp32)": "compiled",
+        "ConvNeXt channels-last (fp32)": "channels_last",
+        "bf16 autocast": "bf16_autocast",
+    }
+    experts = ["clip", "convnext", "sam", "eva02", "pix2struct", "tower"]
+    for label, variant in rows.items():
+        line = next(line for line in text.splitlines() if line.startswith(f"| {label} |"))
+        cells = [cell.strip() for cell in line.strip("|").split("|")][1:]
+        steady = [f"{record['variants'][variant][expert]['steady_s']:.2f}" for expert in experts]
+        assert cells[: len(experts)] == steady, label
+        assert (cells[-1] == "yes") == record["variants"][variant]["tokens_match"], label
+    assert record["repeats"] == 1 and '`"repeats": 1` in the record' in " ".join(text.split())
+    assert f"seed {record['seed']}, {round(record['wall_s'] / 60)} min" in " ".join(text.split())
