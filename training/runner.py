@@ -38,6 +38,7 @@ from eagle_hub.processing.locations import is_hub_id
 
 from .callbacks import FrozenWeightsCallback, StageSummaryCallback, TrainableParametersCallback
 from .collator import SAMPLE_INDEX, make_collator
+from .engine import check_before_start, check_engine
 from .recipe import Recipe, Stage, check_trainable_names, load_recipe
 from .trainable import eagle_of, set_trainable
 from .trainer import EagleSFTTrainer
@@ -162,6 +163,8 @@ def build_trainer(
         peft_config=peft_config,
         group_lr=stage.lr,
     )
+    # The accelerator the trainer built is what will run: refuse here, before any step, if it is not what was asked.
+    check_engine(trainer.accelerator.distributed_type, trainer.accelerator.num_processes)
     # After construction: PEFT wraps the model inside it (freezing everything but the adapter); the optimizer is
     # built from what trains when training starts.
     set_trainable(trainer.model, stage.train)
@@ -356,6 +359,7 @@ def format_summary(summaries: dict) -> str:
 def run_recipe(recipe, output_dir, resume: bool = False, dataset_loader=None) -> dict:
     """Run every stage of ``recipe`` (a path or a Recipe) into ``output_dir``; returns the per-stage summary."""
     recipe = load_recipe(recipe) if not isinstance(recipe, Recipe) else recipe
+    check_before_start(cuda_available=torch.cuda.is_available())
     output = Path(output_dir)
     if output.exists() and any(output.iterdir()) and not resume:
         raise FileExistsError(f"{output} is not empty; pass --resume to continue a run, or choose another output")
