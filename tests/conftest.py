@@ -4,6 +4,8 @@ import importlib
 import math
 import os
 import re
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,27 @@ from eagle_hub.processing.local_tokenizer import build_tokenizer  # noqa: E402
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_process_group(command: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
+    """``subprocess.run(command, capture_output=True, text=True)`` in a session of its own, whose every process is
+    killed when the command ends, fails or times out: ``subprocess.run`` kills only the launcher on a timeout, and
+    torchrun's or accelerate's workers would outlive it, holding the CPU and the port."""
+    process = subprocess.Popen(
+        command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except BaseException:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    finally:
+        try:  # a worker the launcher left behind, on success too
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def installed_folders() -> dict[str, Path]:

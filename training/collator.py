@@ -4,9 +4,14 @@ TRL 1.16 computes the loss through the base model and ``lm_head``, not through t
 forward, so the mask must be in the labels the collator makes.
 """
 
+import torch
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 from .data import load_images
+
+# The dataset column ``build_trainer`` adds (each row's position in the stage's data) and the batch key the collator
+# passes it on under, so the trainer can record which samples each process trained on.
+SAMPLE_INDEX = "sample_index"
 
 
 class EagleDataCollator(DataCollatorForVisionLanguageModeling):
@@ -19,6 +24,8 @@ class EagleDataCollator(DataCollatorForVisionLanguageModeling):
     def torch_call(self, examples):
         batch = super().torch_call([self._decoded(example, row) for row, example in enumerate(examples)])
         batch["labels"][batch["input_ids"] == self.processor.image_token_id] = -100
+        if SAMPLE_INDEX in examples[0]:
+            batch[SAMPLE_INDEX] = torch.tensor([example[SAMPLE_INDEX] for example in examples])
         return batch
 
     def _decoded(self, example: dict, row: int) -> dict:

@@ -10,6 +10,11 @@ Stage kinds:
 Every stage ends with a Hub-ready folder ``<output>/<stage name>`` (written atomically, so its presence marks
 the stage complete). ``resume=True`` skips complete stages, loading their folder, and continues the current
 stage from its last complete checkpoint in ``<output>/checkpoints/<stage name>``.
+
+``<output>/summary.json`` has, per stage (per expert for ``prealign``), the logged losses, tokens/s, trainable
+parameters, steps, and how the stage ran: ``world_size`` (processes that trained together), ``distributed_type``
+(accelerate's) and ``samples_by_rank`` (the dataset indices each process trained on in this invocation, in order;
+a resumed stage lists only those after its checkpoint).
 """
 
 import copy
@@ -18,8 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import datasets
 import torch
 from accelerate import PartialState
+from accelerate.utils import gather_object
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.utils import logging
 from trl import SFTConfig
@@ -30,7 +37,8 @@ from eagle_hub.modeling_eagle.modeling_eagle import FUSION_CLASSES, EagleForCond
 from eagle_hub.processing.locations import is_hub_id
 
 from .callbacks import FrozenWeightsCallback, StageSummaryCallback, TrainableParametersCallback
-from .collator import make_collator
+from .collator import SAMPLE_INDEX, make_collator
+from .engine import check_before_start, check_engine
 from .recipe import Recipe, Stage, check_trainable_names, load_recipe
 from .trainable import eagle_of, set_trainable
 from .trainer import EagleSFTTrainer
@@ -96,6 +104,9 @@ def stage_arguments(stage: Stage, output_dir: Path, seed: int) -> SFTConfig:
         save_total_limit=2,
         logging_steps=stage.logging_steps,
         report_to="none",
+        # The loss divides by the supervised tokens of every process (EagleSFTTrainer has why); the default, set
+        # here so that a change of default cannot make a multi-process step differ from a single-process one.
+        average_tokens_across_devices=True,
         use_cpu=use_cpu,
         dataloader_pin_memory=not use_cpu,
         remove_unused_columns=False,
@@ -139,6 +150,9 @@ def build_trainer(
             target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
             modules_to_save=["multi_modal_projector"] if "projector" in stage.train else None,
         )
+    if isinstance(dataset, datasets.Dataset) and SAMPLE_INDEX not in dataset.column_names:
+        # Each row's position rides along to the trainer, which records what every process trained on.
+        dataset = dataset.add_column(SAMPLE_INDEX, list(range(len(dataset))))
     trainer = EagleSFTTrainer(
         model=model,
         args=stage_arguments(stage, checkpoints, seed),
@@ -149,6 +163,8 @@ def build_trainer(
         peft_config=peft_config,
         group_lr=stage.lr,
     )
+    # The accelerator the trainer built is what will run: refuse here, before any step, if it is not what was asked.
+    check_engine(trainer.accelerator.distributed_type, trainer.accelerator.num_processes)
     # After construction: PEFT wraps the model inside it (freezing everything but the adapter); the optimizer is
     # built from what trains when training starts.
     set_trainable(trainer.model, stage.train)
@@ -170,12 +186,17 @@ def train_stage(
             trained.save_pretrained(adapter_folder)
         trained = trained.merge_and_unload()
     trainer.accelerator.wait_for_everyone()
+    # One list per process, in rank order: what shows the processes split the data rather than each training alone.
+    samples_by_rank = gather_object([trainer.trained_samples])
     trained = eagle_of(trained)
     trained.config.use_cache = trained.config.text_config.use_cache = True  # TRL turns it off to train
     result = {
         **summary.summary(),
         "trainable_parameters": {part: counts[0] for part, counts in parameters.table.items()},
         "steps": trainer.state.global_step,
+        "world_size": trainer.accelerator.num_processes,
+        "distributed_type": str(trainer.accelerator.distributed_type.value),
+        "samples_by_rank": samples_by_rank,
     }
     return trained, result
 
@@ -338,6 +359,7 @@ def format_summary(summaries: dict) -> str:
 def run_recipe(recipe, output_dir, resume: bool = False, dataset_loader=None) -> dict:
     """Run every stage of ``recipe`` (a path or a Recipe) into ``output_dir``; returns the per-stage summary."""
     recipe = load_recipe(recipe) if not isinstance(recipe, Recipe) else recipe
+    check_before_start(cuda_available=torch.cuda.is_available())
     output = Path(output_dir)
     if output.exists() and any(output.iterdir()) and not resume:
         raise FileExistsError(f"{output} is not empty; pass --resume to continue a run, or choose another output")
