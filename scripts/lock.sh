@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rewrite the stacks CI tests from fresh resolutions, each in a throwaway venv:
 #   constraints/latest.txt  the newest releases pyproject.toml allows, with the test and eval extras
-#   constraints/oldest.txt  pyproject's dependencies at their lower bounds (scripts/lower_bounds.py), with the test
+#   constraints/oldest.txt  pyproject's dependencies at their lower bounds (scripts/stacks.py), with the test
 #                           extra; the rest resolved with them
 # Then run `bash scripts/test.sh` (and fix what the new releases broke) and commit the files together: moving CI to
 # new releases is a deliberate change. Usage: bash scripts/lock.sh [latest|oldest ...] (default: both)
@@ -32,7 +32,7 @@ STACKS=("$@")
 for stack in "${STACKS[@]}"; do
   case "$stack" in
     latest) lock latest test,eval ;;
-    oldest) mapfile -t LOWEST < <(python3 scripts/lower_bounds.py) && lock oldest test "${LOWEST[@]}" ;;
+    oldest) mapfile -t LOWEST < <(python3 scripts/stacks.py lower-bounds) && lock oldest test "${LOWEST[@]}" ;;
     *) echo "lock.sh: unknown stack $stack (latest or oldest)" >&2; exit 2 ;;
   esac
 done

@@ -39,7 +39,7 @@ TORCH=2.13.0
 EXTRAS=test
 if [ "$STACK" = oldest ]; then
   # The lower bounds themselves, not only something the ranges allow (pip has no lowest-version resolution).
-  mapfile -t LOWEST < <("$PY" scripts/lower_bounds.py)
+  mapfile -t LOWEST < <("$PY" scripts/stacks.py lower-bounds)
 else
   LOWEST=()
 fi
@@ -61,16 +61,7 @@ print(f'lmms-eval ready (torch {torch.__version__})')"
 fi
 if [ "$STACK" != newest ]; then
   # A venv made before (another stack, an older lock) keeps what pip installed then: remove what the stack lacks.
-  mapfile -t EXTRA < <("$PY" - "constraints/$STACK.txt" <<'PYTHON'
-import re, sys
-from importlib import metadata
-canonical = lambda name: re.sub(r"[-_.]+", "-", name).lower()
-pinned = {canonical(line.split("==")[0]) for line in open(sys.argv[1]) if "==" in line and not line.startswith("#")}
-for dist in metadata.distributions():
-    if canonical(dist.metadata["Name"]) not in pinned | {"eagle-hub"}:
-        print(dist.metadata["Name"])
-PYTHON
-  )
+  mapfile -t EXTRA < <("$PY" scripts/stacks.py unpinned "constraints/$STACK.txt")
   if [ ${#EXTRA[@]} -gt 0 ]; then "$PY" -m pip uninstall -y -q "${EXTRA[@]}"; fi
 fi
 # What the venv was set up from: tests/test_stack.py checks every installed version against it.

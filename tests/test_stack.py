@@ -1,7 +1,6 @@
 """The stacks CI tests (constraints/*.txt, written by scripts/lock.sh) against pyproject's ranges, and this
 environment against the stack scripts/setup.sh installed it from."""
 
-import re
 import runpy
 import sys
 from importlib import metadata
@@ -12,27 +11,22 @@ from conftest import IN_CI, ROOT
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-LOWER_BOUNDS = runpy.run_path(str(ROOT / "scripts" / "lower_bounds.py"))
-
-
-def canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
+STACKS = runpy.run_path(str(ROOT / "scripts" / "stacks.py"))
+canonical = STACKS["canonical"]
 
 
 def stack(name: str) -> dict[str, Version]:
     """constraints/NAME.txt as {distribution: version}."""
-    pins = {}
-    for line in (ROOT / "constraints" / f"{name}.txt").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            distribution, _, version = line.partition("==")
-            assert version, f"constraints/{name}.txt: {line!r} is not NAME==VERSION"
-            pins[canonical(distribution)] = Version(version)
-    return pins
+    return {distribution: Version(version) for distribution, version in STACKS["pins"](stack_file(name)).items()}
+
+
+def stack_file(name: str) -> Path:
+    return ROOT / "constraints" / f"{name}.txt"
 
 
 def requirements(extras: tuple[str, ...] = ()) -> list[Requirement]:
     """pyproject's dependencies, and those of ``extras`` (naming other packages, not eagle-hub's own extras)."""
-    project = LOWER_BOUNDS["project"]()
+    project = STACKS["project"]()
     found = [Requirement(line) for line in project["dependencies"]]
     for extra in extras:
         found += [Requirement(line) for line in project["optional-dependencies"][extra]]
@@ -44,7 +38,7 @@ EXTRAS = ("demo", "serve", "eval", "search", "test")
 
 def test_the_oldest_stack_pins_each_dependency_at_its_lower_bound():
     oldest = stack("oldest")
-    bounds = LOWER_BOUNDS["lower_bounds"](LOWER_BOUNDS["dependencies"]())
+    bounds = STACKS["lower_bounds"](STACKS["dependencies"]())
     assert len(bounds) == len(requirements()), "every dependency has a lower bound"
     for name, version in bounds.items():
         assert oldest[canonical(name)] == Version(version), f"{name}: pyproject says >={version}"
@@ -83,10 +77,10 @@ def test_this_environment_is_the_stack_it_was_set_up_from():
     if name == "newest":
         pytest.skip("the newest stack pins nothing (scripts/test.sh --newest)")
     pins = stack(name)
+    unpinned = STACKS["unpinned"](stack_file(name))
+    assert not unpinned, f"installed but not in constraints/{name}.txt: {unpinned}"
     installed = {canonical(d.metadata["Name"]): Version(d.version) for d in metadata.distributions()}
     installed.pop("eagle-hub")
-    unpinned = sorted(set(installed) - set(pins))
-    assert not unpinned, f"installed but not in constraints/{name}.txt: {unpinned}"
     wrong = {n: (str(v), str(pins[n])) for n, v in installed.items() if Version(v.public) != pins[n]}
     assert not wrong, f"installed (version, pin) differing from constraints/{name}.txt: {wrong}"
 
